@@ -1,0 +1,1 @@
+"""Export-friendly nn.Modules, one concern each."""

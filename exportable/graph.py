@@ -1,0 +1,180 @@
+"""ONNX graph surgery: names, symbolic dims, merging a preprocessor in front, metadata, saving.
+
+Kept apart from the exporters so every capture path (dynamo, legacy, tf2onnx) gets the same
+treatment afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import onnx
+
+from .errors import ExportError
+from .recipe import TensorSpec
+
+TWO_GB = 2**31
+
+
+def _value_names(graph: onnx.GraphProto) -> set[str]:
+    names = {i.name for i in graph.input} | {i.name for i in graph.initializer}
+    for node in graph.node:
+        names.update(node.output)
+    return names
+
+
+def _rename_everywhere(graph: onnx.GraphProto, old: str, new: str) -> None:
+    """Rename a value in every place it appears (producers, consumers, subgraphs, value_info)."""
+    for node in graph.node:
+        node.input[:] = [new if n == old else n for n in node.input]
+        node.output[:] = [new if n == old else n for n in node.output]
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                _rename_everywhere(sub, old, new)
+    for coll in (graph.input, graph.output, graph.value_info, graph.initializer):
+        for item in coll:
+            if item.name == old:
+                item.name = new
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    i = 0
+    while f"{name}__{i}" in taken:
+        i += 1
+    return f"{name}__{i}"
+
+
+def rename_outputs(model: onnx.ModelProto, names: Sequence[str]) -> None:
+    """Give the graph outputs their public names.
+
+    Renaming blindly is how an output called `embedding` became invalid ("Duplicate definition
+    of name"): the exporter had an internal value of that name. Any internal value that already
+    holds a wanted name is moved aside first.
+    """
+    graph = model.graph
+    if len(names) != len(graph.output):
+        raise ExportError(f"the captured graph has {len(graph.output)} outputs but the recipe declares "
+                          f"{len(names)} ({list(names)}); make the wrapper return exactly those")
+    current = [o.name for o in graph.output]
+    for old, new in zip(current, names):
+        if old == new:
+            continue
+        taken = _value_names(graph) | {o.name for o in graph.output}
+        if new in taken:
+            _rename_everywhere(graph, new, _unique(new, taken))
+        _rename_everywhere(graph, old, new)
+
+
+def rename_inputs(model: onnx.ModelProto, names: Sequence[str]) -> None:
+    graph = model.graph
+    real_inputs = [i for i in graph.input if i.name not in {t.name for t in graph.initializer}]
+    for value, new in zip(real_inputs, names):
+        if value.name != new:
+            taken = _value_names(graph)
+            if new in taken:
+                _rename_everywhere(graph, new, _unique(new, taken))
+            _rename_everywhere(graph, value.name, new)
+
+
+def set_dims(value: onnx.ValueInfoProto, shape: Sequence[int | str]) -> None:
+    """Write the spec's symbolic names (batch, sequence) over the exporter's (s0, s77)."""
+    dims = value.type.tensor_type.shape.dim
+    if len(dims) != len(shape):
+        return  # rank mismatches are caught by verification, not hidden here
+    for dim, want in zip(dims, shape):
+        if isinstance(want, str):
+            dim.dim_param = want
+        elif not dim.HasField("dim_value"):
+            dim.dim_value = int(want)
+
+
+def apply_specs(model: onnx.ModelProto, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> None:
+    by_name = {s.name: s for s in (*inputs, *outputs)}
+    for value in (*model.graph.input, *model.graph.output):
+        if value.name in by_name:
+            set_dims(value, by_name[value.name].shape)
+            if by_name[value.name].doc:
+                value.doc_string = by_name[value.name].doc
+
+
+def merge_in_front(pre: onnx.ModelProto, model: onnx.ModelProto, prefix: str = "pre_") -> onnx.ModelProto:
+    """Feed `pre`'s outputs into the model inputs of the same name: one graph, one file."""
+    from onnx import compose
+
+    io_map = [(o.name, o.name) for o in pre.graph.output if o.name in {i.name for i in model.graph.input}]
+    if not io_map:
+        raise ExportError("the preprocessor graph produces none of the model's inputs; check its output names")
+    pre = compose.add_prefix(pre, prefix, rename_inputs=False, rename_outputs=True)
+    io_map = [(prefix + a, b) for a, b in io_map]
+    pre.ir_version = model.ir_version = max(pre.ir_version, model.ir_version)
+    _align_opsets(pre, model)
+    merged = compose.merge_models(pre, model, io_map=io_map)
+    # merge_models keeps every input of the second graph that is not fed; those are leaks.
+    leftover = [i.name for i in merged.graph.input if i.name in {b for _, b in io_map}]
+    if leftover:
+        raise ExportError(f"inputs {leftover} remained after merging the preprocessor")
+    return merged
+
+
+def _align_opsets(*models: onnx.ModelProto) -> None:
+    """merge_models refuses different versions of one domain; use the highest for each."""
+    best: dict[str, int] = {}
+    for m in models:
+        for o in m.opset_import:
+            best[o.domain] = max(best.get(o.domain, 0), o.version)
+    for m in models:
+        for o in m.opset_import:
+            if o.version != best[o.domain]:
+                if o.domain in ("", "ai.onnx"):
+                    converted = onnx.version_converter.convert_version(m, best[o.domain])
+                    m.CopyFrom(converted)
+                    break
+                o.version = best[o.domain]
+
+
+def custom_domains(model: onnx.ModelProto) -> list[str]:
+    from .runtime import BUILTIN_DOMAINS
+
+    return sorted({o.domain for o in model.opset_import} - BUILTIN_DOMAINS)
+
+
+def set_metadata(model: onnx.ModelProto, props: Mapping[str, object]) -> None:
+    existing = {p.key: p for p in model.metadata_props}
+    for key, value in props.items():
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True)
+        if key in existing:
+            existing[key].value = text
+        else:
+            model.metadata_props.add(key=key, value=text)
+
+
+def opset_of(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def save_single_file(model: onnx.ModelProto, path: Path) -> None:
+    """One file: external data only exists for models over 2 GB, where protobuf forces it."""
+    size = model.ByteSize()
+    if size >= TWO_GB:
+        raise ExportError(f"the model is {size / 2**30:.1f} GiB; single-file ONNX is limited to 2 GiB by protobuf "
+                          "(external data for such models is not supported yet)")
+    onnx.save_model(model, str(path), save_as_external_data=False)
+
+
+def node_counts(model: onnx.ModelProto) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def describe_values(values: Iterable[onnx.ValueInfoProto]) -> list[dict]:
+    out = []
+    for v in values:
+        t = v.type.tensor_type
+        dims = [d.dim_param or (d.dim_value if d.HasField("dim_value") else "?") for d in t.shape.dim]
+        out.append({"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name
+                    if t.elem_type != onnx.TensorProto.STRING else "string", "shape": dims})
+    return out

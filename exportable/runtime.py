@@ -1,0 +1,178 @@
+"""Run an artifact: an ONNX Runtime session (extensions registered when the graph needs them)
+or a TorchScript module, behind one `run(feed) -> {output: array}` verb.
+
+The runners validate what they are fed, so a wrong dtype or rank is a one-line InputError
+rather than a crash deep inside a kernel.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from .errors import InputError, MissingDependency
+
+# Operator domains ONNX Runtime implements itself; anything else needs a custom-op library.
+BUILTIN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "ai.onnx.preview.training"}
+EXTENSIONS_DOMAIN = "ai.onnx.contrib"
+
+ORT_TYPES = {
+    "tensor(float)": "float32", "tensor(double)": "float64", "tensor(int64)": "int64",
+    "tensor(int32)": "int32", "tensor(uint8)": "uint8", "tensor(bool)": "bool", "tensor(string)": "string",
+}
+
+
+def available_cpus() -> int:
+    """CPUs this process may really use: the cgroup quota and affinity, not the host's count.
+
+    Oversubscribed intra-op threads in a CPU-limited container slow inference down.
+    """
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:  # cgroup v2: "max 100000" or "200000 100000"
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, int(int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, count)
+
+
+def extensions_library() -> str:
+    try:
+        import onnxruntime_extensions
+    except ImportError as exc:
+        raise MissingDependency(
+            "this artifact uses onnxruntime-extensions custom ops (domain ai.onnx.contrib) but the package "
+            "is not installed; run: pip install onnxruntime-extensions==0.15.2"
+        ) from exc
+    return onnxruntime_extensions.get_library_path()
+
+
+def session_options(custom_domains, threads: int | None = None):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads or available_cpus()
+    so.inter_op_num_threads = 1
+    unknown = sorted(set(custom_domains) - BUILTIN_DOMAINS - {EXTENSIONS_DOMAIN})
+    if unknown:
+        # Never load a library named by the model file itself: only the extensions we ship.
+        raise InputError(f"the model needs custom-op domain(s) {unknown} that exportable cannot provide; "
+                         f"only {EXTENSIONS_DOMAIN} (onnxruntime-extensions) is supported")
+    if EXTENSIONS_DOMAIN in custom_domains:
+        so.register_custom_ops_library(extensions_library())
+    return so
+
+
+def _check_string_tensor(name: str, value: np.ndarray) -> np.ndarray:
+    flat = []
+    for item in value.reshape(-1):
+        if isinstance(item, bytes):
+            try:
+                item = item.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(f"input {name!r} holds bytes that are not valid UTF-8 ({exc.reason} at byte "
+                                 f"{exc.start}); decode or clean the text before calling the model") from None
+        if not isinstance(item, str):
+            raise InputError(f"input {name!r} must hold strings, got {type(item).__name__}; pass a list of str")
+        flat.append(item)
+    return np.array(flat, dtype=object).reshape(value.shape)
+
+
+def validate_feed(feed: Mapping, specs: Mapping[str, tuple[str, list]]) -> dict[str, np.ndarray]:
+    """Check names, dtypes and ranks against the graph; return arrays ready for the runtime."""
+    missing = sorted(set(specs) - set(feed))
+    extra = sorted(set(feed) - set(specs))
+    if missing or extra:
+        raise InputError(f"inputs do not match the artifact: missing {missing}, unexpected {extra}; "
+                         f"the artifact takes {sorted(specs)}")
+    ready = {}
+    for name, (dtype, shape) in specs.items():
+        value = np.asarray(feed[name]) if not isinstance(feed[name], np.ndarray) else feed[name]
+        if dtype == "string":
+            if value.dtype.kind not in ("U", "O", "S"):
+                raise InputError(f"input {name!r} must be a string tensor, got {value.dtype}; pass text, not ids "
+                                 "(or export with --inputs ids)")
+            value = _check_string_tensor(name, value)
+        elif str(value.dtype) != dtype:
+            raise InputError(f"input {name!r} must be {dtype}, got {value.dtype}; convert with .astype('{dtype}')")
+        if shape is not None and value.ndim != len(shape):
+            raise InputError(f"input {name!r} must have rank {len(shape)} (shape {shape}), got shape "
+                             f"{list(value.shape)}")
+        ready[name] = value
+    return ready
+
+
+class OnnxRunner:
+    def __init__(self, path: Path, threads: int | None = None):
+        import onnx
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        model = onnx.load(str(self.path), load_external_data=False)
+        self.metadata = {p.key: p.value for p in model.metadata_props}
+        self.custom_op_domains = sorted({o.domain for o in model.opset_import} - BUILTIN_DOMAINS)
+        self.session = ort.InferenceSession(str(self.path), session_options(self.custom_op_domains, threads),
+                                            providers=["CPUExecutionProvider"])
+        self.input_specs = {i.name: (ORT_TYPES.get(i.type, i.type), list(i.shape)) for i in self.session.get_inputs()}
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ready = validate_feed(feed, self.input_specs)
+        return dict(zip(self.output_names, self.session.run(self.output_names, ready)))
+
+
+def quiet_torchscript():
+    """torch.jit.* warn "deprecated" on recent torch (torch.export is the successor); they still
+    work, and the warning is noise for a user who asked for TorchScript explicitly."""
+    ctx = warnings.catch_warnings()
+    ctx.__enter__()
+    warnings.filterwarnings("ignore", message=r".*(deprecated|TorchScript|torch\.jit).*")
+    return ctx
+
+
+class TorchScriptRunner:
+    EXTRA = "exportable.json"
+
+    def __init__(self, path: Path):
+        import torch
+
+        self.path = Path(path)
+        extra = {self.EXTRA: ""}
+        ctx = quiet_torchscript()
+        try:
+            self.module = torch.jit.load(str(self.path), map_location="cpu", _extra_files=extra)
+        finally:
+            ctx.__exit__(None, None, None)
+        info = json.loads(extra[self.EXTRA] or "{}")
+        self.input_names = info.get("inputs", [])
+        self.output_names = info.get("outputs", [])
+        self.input_specs = {s["name"]: (s["dtype"], s["shape"]) for s in info.get("input_specs", [])}
+
+    def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        ready = validate_feed(feed, self.input_specs) if self.input_specs else dict(feed)
+        args = [torch.from_numpy(np.ascontiguousarray(ready[n])) for n in self.input_names]
+        with torch.inference_mode():
+            result = self.module(*args)
+        if isinstance(result, torch.Tensor):
+            result = (result,)
+        return {n: t.numpy() for n, t in zip(self.output_names, result)}
+
+
+def load(path: Path, threads: int | None = None):
+    """Load `model.onnx` or `model.pt` (by suffix)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"no model file at {path}; pass an artifact's model.onnx or model.pt")
+    if path.suffix == ".onnx":
+        return OnnxRunner(path, threads)
+    if path.suffix in (".pt", ".ts"):
+        return TorchScriptRunner(path)
+    raise InputError(f"cannot run {path.name}: expected a .onnx or .pt file")

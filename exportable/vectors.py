@@ -1,0 +1,119 @@
+"""Test vectors beside an artifact, in a format Java and Go read without Python.
+
+See docs/vectors.md: a JSON manifest, numeric tensors as raw little-endian files, strings inline.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from .errors import InputError
+from .recipe import Tolerance
+
+FORMAT = "exportable.vectors/1"
+NUMERIC = {"float32", "float64", "int64", "int32", "uint8", "bool"}
+
+
+@dataclass
+class VectorCase:
+    name: str
+    inputs: dict[str, np.ndarray]
+    expected: dict[str, np.ndarray]
+    inputs_by_format: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+
+    def inputs_for(self, fmt: str) -> dict[str, np.ndarray]:
+        return self.inputs_by_format.get(fmt, self.inputs)
+
+
+@dataclass
+class Vectors:
+    recipe: str
+    models: dict[str, str]
+    custom_op_domains: list[str]
+    tolerances: dict[str, Tolerance]
+    cases: list[VectorCase]
+
+
+def dtype_name(array: np.ndarray) -> str:
+    if array.dtype.kind in ("U", "S", "O"):
+        return "string"
+    name = str(array.dtype)
+    if name not in NUMERIC:
+        raise ValueError(f"dtype {name} cannot be written as a test vector (supported: {sorted(NUMERIC)}, string)")
+    return name
+
+
+def _write_tensor(root: Path, rel: str, array: np.ndarray) -> dict:
+    array = np.asarray(array)
+    entry = {"dtype": dtype_name(array), "shape": list(array.shape)}
+    if entry["dtype"] == "string":
+        entry["values"] = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in array.reshape(-1)]
+        return entry
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # '<' forces little-endian whatever the machine; ascontiguousarray gives row-major order.
+    np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False).tofile(path)
+    entry["file"] = rel
+    return entry
+
+
+def _read_tensor(root: Path, entry: Mapping) -> np.ndarray:
+    shape = tuple(entry["shape"])
+    if entry["dtype"] == "string":
+        return np.array(entry["values"], dtype=object).reshape(shape)
+    dtype = np.dtype(entry["dtype"]).newbyteorder("<")
+    data = np.fromfile(root / entry["file"], dtype=dtype)
+    return data.astype(np.dtype(entry["dtype"])).reshape(shape)
+
+
+def write(root: Path, vectors: Vectors) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    cases = []
+    for i, case in enumerate(vectors.cases):
+        folder = f"case_{i:03d}"
+        entry = {
+            "name": case.name,
+            "inputs": {k: _write_tensor(root, f"{folder}/input.{k}.bin", v) for k, v in case.inputs.items()},
+            "expected": {k: _write_tensor(root, f"{folder}/expected.{k}.bin", v) for k, v in case.expected.items()},
+        }
+        if case.inputs_by_format:
+            entry["inputs_by_format"] = {
+                fmt: {k: _write_tensor(root, f"{folder}/{fmt}.input.{k}.bin", v) for k, v in feed.items()}
+                for fmt, feed in case.inputs_by_format.items()
+            }
+        cases.append(entry)
+    manifest = {
+        "format": FORMAT,
+        "recipe": vectors.recipe,
+        "models": vectors.models,
+        "custom_op_domains": vectors.custom_op_domains,
+        "tolerances": {k: t.as_dict() for k, t in vectors.tolerances.items()},
+        "cases": cases,
+    }
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def read(root: Path) -> Vectors:
+    path = root / "manifest.json"
+    if not path.is_file():
+        raise InputError(f"no test vectors at {path}; export with `python -m exportable recipe NAME` first")
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    if manifest.get("format") != FORMAT:
+        raise InputError(f"{path} has format {manifest.get('format')!r}, expected {FORMAT!r}; re-export the artifact")
+    cases = [
+        VectorCase(
+            c["name"],
+            {k: _read_tensor(root, v) for k, v in c["inputs"].items()},
+            {k: _read_tensor(root, v) for k, v in c["expected"].items()},
+            {fmt: {k: _read_tensor(root, v) for k, v in feed.items()}
+             for fmt, feed in c.get("inputs_by_format", {}).items()},
+        )
+        for c in manifest["cases"]
+    ]
+    return Vectors(manifest["recipe"], manifest["models"], manifest["custom_op_domains"],
+                   {k: Tolerance.from_dict(v) for k, v in manifest["tolerances"].items()}, cases)

@@ -1,0 +1,1 @@
+"""One recipe per file; each registers itself with `exportable.registry.register`."""

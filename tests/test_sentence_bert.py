@@ -1,0 +1,98 @@
+"""sentence_bert against the real sentence-transformers, through the public API and the CLI."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from exportable import api, samples
+
+
+def test_artifact_matches_sentence_transformers_on_fresh_texts(exported, sentence_transformer):
+    """Texts and batch sizes that neither the export example nor its validation used."""
+    folder = exported("sentence_bert", "onnx,torchscript")
+    texts = samples.sentences(23, seed=99) + ["", samples.long_text(600, seed=5)]
+    want = sentence_transformer.encode(texts, convert_to_numpy=True)
+    feats = sentence_transformer.preprocess(texts)
+    feed = {k: feats[k].numpy() for k in ("input_ids", "attention_mask", "token_type_ids")}
+    for fmt in ("onnx", "torchscript"):
+        got = api.load_artifact(folder, fmt).run(feed)["sentence_embedding"]
+        assert got.shape == want.shape == (25, 384)
+        assert np.abs(got - want).max() <= 1e-5
+        cos = (got * want).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
+        assert cos.min() >= 0.99999
+
+
+def test_artifact_layout_metadata_and_report(exported, minilm_dir):
+    import hashlib
+
+    import onnx
+
+    folder = exported("sentence_bert", "onnx,torchscript")
+    assert {"model.onnx", "model.pt", "report.json", "report.md", "vectors"} <= {p.name for p in folder.iterdir()}
+    assert not any(p.name.endswith(".data") for p in folder.iterdir())  # single file
+    meta = {p.key: p.value for p in onnx.load(str(folder / "model.onnx"), load_external_data=False).metadata_props}
+    assert meta["exportable.recipe"] == "sentence_bert"
+    assert meta["exportable.opset"] == "18"
+    h = hashlib.sha256()
+    h.update(b"model.safetensors")
+    h.update((minilm_dir / "model.safetensors").read_bytes())
+    assert meta["exportable.source_sha256"] == h.hexdigest()
+    report = json.loads((folder / "report.json").read_text())
+    assert [s["status"] for s in report["stages"]] == ["ok"] * len(report["stages"])
+    assert report["parity"]["onnx"]["passed"] and report["versions"]["torch"]
+
+
+def test_validation_covers_50_sentences_at_batches_1_3_17(exported):
+    from exportable import vectors
+
+    vecs = vectors.read(exported("sentence_bert", "onnx,torchscript") / "vectors")
+    sizes = [c.inputs["input_ids"].shape[0] for c in vecs.cases]
+    assert sum(sizes) >= 50 and set(sizes) == {1, 3, 17}
+    assert max(c.inputs["input_ids"].shape[1] for c in vecs.cases) == 256  # truncation case
+
+
+def test_verify_command_replays_vectors_and_catches_tampering(exported, tmp_path):
+    import shutil
+
+    folder = exported("sentence_bert", "onnx,torchscript")
+    ok = run_cli("verify", folder)
+    assert ok.returncode == 0, ok.stderr
+    assert "verify PASSED: 22 cases" in ok.stdout
+    copy = tmp_path / "tampered"
+    shutil.copytree(folder, copy)
+    first = sorted((copy / "vectors" / "case_000").glob("expected.*.bin"))[0]
+    data = np.fromfile(first, dtype="<f4")
+    data[0] += 1e-3
+    data.tofile(first)
+    bad = run_cli("verify", copy, "--format", "onnx")
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert "case_000" not in bad.stderr and "batch1_00 / sentence_embedding" in bad.stderr
+
+
+def test_model_path_with_a_checkpoint_the_test_saves(tmp_path, minilm_dir):
+    """A tiny seeded BERT with mean pooling and no Normalize module, saved as a
+    sentence-transformers folder, exported through --model."""
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    torch.manual_seed(0)
+    folder = tmp_path / "tiny-st"
+    hf = tmp_path / "tiny-hf"
+    BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64)).save_pretrained(hf)
+    BertTokenizerFast.from_pretrained(minilm_dir).save_pretrained(hf)
+    st = SentenceTransformer(modules=[models.Transformer(str(hf), max_seq_length=64),
+                                      models.Pooling(32, pooling_mode="mean")], device="cpu")
+    st.save(str(folder))
+    out = tmp_path / "artifact"
+    result = run_cli("recipe", "sentence_bert", "--model", folder, "--out", out, "--format", "onnx,torchscript")
+    assert result.returncode == 0, result.stderr
+    texts = ["a tiny model", "with no normalisation at all, and a longer second sentence"]
+    want = SentenceTransformer(str(folder), device="cpu").encode(texts)
+    assert abs(np.linalg.norm(want[0]) - 1) > 1e-3  # really un-normalised
+    feats = st.preprocess(texts)
+    got = api.load_artifact(out).run({k: feats[k].numpy() for k in ("input_ids", "attention_mask", "token_type_ids")})
+    np.testing.assert_allclose(got["sentence_embedding"], want, atol=1e-5, rtol=0)
