@@ -113,6 +113,7 @@ class CaseResult:
     case: str
     metrics: list[Metrics]
     failures: dict[str, str] = field(default_factory=dict)
+    not_applicable: str = ""  # why this format cannot run this case (recorded, not hidden)
 
     @property
     def passed(self) -> bool:
@@ -126,6 +127,16 @@ def judge(case: str, metrics: list[Metrics], tolerances: Mapping[str, Tolerance]
         if reason:
             result.failures[m.output] = reason
     return result
+
+
+def not_applicable(case: str, reason: str) -> CaseResult:
+    return CaseResult(case, [], not_applicable=reason)
+
+
+def runtime_failure(case: str, exc: Exception) -> CaseResult:
+    """The artifact raised instead of answering: a failed case, with the runtime's message."""
+    message = " ".join(str(exc).split())[:300]
+    return CaseResult(case, [], failures={"*": f"runtime error: {type(exc).__name__}: {message}"})
 
 
 def summary_rows(results: list[CaseResult]) -> list[dict]:
@@ -156,6 +167,8 @@ def format_table(results: list[CaseResult], title: str = "") -> str:
     for r in results:
         for out, why in r.failures.items():
             lines.append(f"  FAIL {r.case} / {out}: {why}")
+        if r.not_applicable:
+            lines.append(f"  N/A  {r.case}: {r.not_applicable}")
     return "\n".join(lines)
 
 

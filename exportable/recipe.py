@@ -152,8 +152,8 @@ class Recipe:
         """The export-friendly module (torch.nn.Module) captured by the exporters."""
         raise NotImplementedError
 
-    def onnx_preprocessor(self):
-        """Optional ONNX graph merged in front of the captured model (e.g. a tokenizer)."""
+    def onnx_preprocessor(self, opset: int):
+        """Optional ONNX graph (at `opset`) merged in front of the captured model (e.g. a tokenizer)."""
         return None
 
     def example_case(self) -> Case:
@@ -165,6 +165,11 @@ class Recipe:
     def feed(self, case: Case, fmt: str = "onnx") -> dict[str, np.ndarray]:
         """Turn a raw case into the artifact's inputs for the given format."""
         raise NotImplementedError
+
+    def unsupported(self, case: Case, fmt: str) -> str | None:
+        """Why `fmt` cannot run `case` at all (e.g. a traced graph and an empty batch), or None.
+        Such cases are listed as N/A in the report and as known failures in the vectors."""
+        return None
 
     def model_input_specs(self, fmt: str = "onnx") -> tuple[TensorSpec, ...]:
         """Inputs of the *captured module*; differs from input_specs when a preprocessor graph

@@ -68,3 +68,16 @@ class Report:
     def write(self, folder: Path) -> None:
         (folder / "report.json").write_text(json.dumps(self.as_dict(), indent=1, default=str) + "\n")
         (folder / "report.md").write_text(self.markdown())
+
+
+def record_runtime(folder: Path, runtime: str, info: dict) -> None:
+    """Add a non-Python runtime's replay result (versions, passed/failed/expected failures) to an
+    artifact's report, so users see which runtime versions it was proven on."""
+    path = Path(folder) / "report.json"
+    data = json.loads(path.read_text())
+    data.setdefault("runtimes", {})[runtime] = info
+    path.write_text(json.dumps(data, indent=1, default=str) + "\n")
+    md = Path(folder) / "report.md"
+    text = md.read_text().split("\n## Runtimes\n")[0].rstrip("\n")
+    rows = "\n".join(f"- {name}: {json.dumps(r, ensure_ascii=False)}" for name, r in data["runtimes"].items())
+    md.write_text(f"{text}\n\n## Runtimes\n\n{rows}\n")

@@ -1,7 +1,8 @@
 """sentence_bert: a sentence-transformers BERT-family model as one artifact.
 
-Original: `SentenceTransformer.encode`. Wrapper: BERT + masked pooling (+ L2 normalise when the
-model has a Normalize module).
+Original: `SentenceTransformer.encode`. Artifact: strings in (the model's tokenizer as graph
+nodes, exportable.text), BERT + masked pooling (+ L2 normalise when the model has a Normalize
+module), `sentence_embedding` out. `--inputs ids` keeps the ids-in graph for users who tokenize.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from exportable.errors import InputError
 from exportable.hashing import sha256_files, weight_files
 from exportable.recipe import Case, Option, Recipe, Source, TensorSpec, Tolerance
 from exportable.registry import register
+from exportable.textinput import TextInputs, corpus_cases
 
 BERT_FAMILY = {"bert", "distilbert", "roberta", "xlm-roberta", "mpnet", "electra", "albert", "camembert"}
 
@@ -27,13 +29,14 @@ def bundled_model_dir() -> Path:
 
 
 @register
-class SentenceBert(Recipe):
+class SentenceBert(TextInputs, Recipe):
     name = "sentence_bert"
     summary = "sentence-transformers encoder (default all-MiniLM-L6-v2) -> sentence_embedding"
     original_pipeline = "SentenceTransformer.encode"
     options = (
         Option("model", "a local sentence-transformers model folder (default: bundled all-MiniLM-L6-v2)"),
-        Option("inputs", "graph inputs: token ids", default="ids", choices=("ids",)),
+        Option("inputs", "ONNX graph inputs: raw strings (tokenizer in the graph) or token ids",
+               default="text", choices=("text", "ids")),
     )
 
     def validate_settings(self) -> None:
@@ -86,9 +89,13 @@ class SentenceBert(Recipe):
     def build_original(self):
         model = self.st  # load now, so a bad --model fails in the build stage
 
+        dim = self.embedding_dim
+
         def encode(case: Case) -> dict[str, np.ndarray]:
+            if not len(case.data):  # encode([]) returns a shapeless empty list
+                return {"sentence_embedding": np.zeros((0, dim), np.float32)}
             emb = model.encode(list(case.data), batch_size=32, convert_to_numpy=True, show_progress_bar=False)
-            return {"sentence_embedding": np.asarray(emb, dtype=np.float32).reshape(len(case.data), -1)}
+            return {"sentence_embedding": np.asarray(emb, dtype=np.float32).reshape(len(case.data), dim)}
 
         return encode
 
@@ -99,22 +106,41 @@ class SentenceBert(Recipe):
         normalize = any(type(m).__name__ == "Normalize" for m in self.st)
         return SentenceEncoder(self.st[0].model, self._pooling_mode(self.st), normalize).eval()
 
-    # --- specs -------------------------------------------------------------------------------
+    # --- specs (TextInputs provides input_specs / model_input_specs / feed) --------------------
     @property
-    def id_inputs(self) -> list[str]:
+    def id_input_names(self) -> list[str]:
         names = self.st[0].tokenizer.model_input_names
         # Order = SentenceEncoder.forward's signature; exporters pass inputs positionally.
         return [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in names]
 
-    def input_specs(self, fmt: str = "onnx"):
-        docs = {"input_ids": "token ids from the model's tokenizer", "attention_mask": "1 for real tokens",
-                "token_type_ids": "segment ids (0 for single sentences)"}
-        return tuple(TensorSpec(n, "int64", ("batch", "sequence"), docs[n]) for n in self.id_inputs)
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.model_dir
+
+    @property
+    def max_length(self) -> int:
+        return self.st.max_seq_length
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.st.get_embedding_dimension() if hasattr(self.st, "get_embedding_dimension") \
+            else self.st.get_sentence_embedding_dimension()
+
+    def tokenize(self, texts: list[str]) -> dict[str, np.ndarray]:
+        # The original's own preprocessing (SentenceTransformer.preprocess), so ids match exactly.
+        if not texts:  # the HF tokenizer rejects an empty batch; the graphs take [0, S]
+            return {n: np.zeros((0, 2), np.int64) for n in self.id_input_names}
+        features = self.st.preprocess(texts)
+        return {n: features[n].numpy().astype(np.int64) for n in self.id_input_names}
+
+    def unsupported(self, case: Case, fmt: str) -> str | None:
+        if fmt == "torchscript" and not len(case.data):
+            return ("traced TorchScript cannot run an empty batch: transformers' attention "
+                    "view(batch, seq, -1, head_dim) is ambiguous for 0 elements (the ONNX graph handles it)")
+        return None
 
     def output_specs(self):
-        dim = self.st.get_embedding_dimension() if hasattr(self.st, "get_embedding_dimension") \
-            else self.st.get_sentence_embedding_dimension()
-        return (TensorSpec("sentence_embedding", "float32", ("batch", dim),
+        return (TensorSpec("sentence_embedding", "float32", ("batch", self.embedding_dim),
                            "sentence embedding, L2-normalised when the model normalises"),)
 
     def tolerances(self):
@@ -126,9 +152,7 @@ class SentenceBert(Recipe):
                       sha256_files(weight_files(self.model_dir)), str(self.model_dir))
 
     def preprocessing(self) -> dict:
-        tok = self.st[0].tokenizer
-        return {"tokenizer": type(tok).__name__, "max_seq_length": self.st.max_seq_length,
-                "padding": "longest", "truncation": True}
+        return {**self.text_preprocessing(), "padding": "longest", "truncation": True}
 
     # --- data --------------------------------------------------------------------------------
     def example_case(self) -> Case:
@@ -145,9 +169,7 @@ class SentenceBert(Recipe):
         for size in [1, 1, 1, 1, 1, 3, 3, 3, 3, 17, 17]:
             cases.append(Case(f"batch{size}_{i:02d}", texts[i:i + size]))
             i += size
+        if self.text_mode:  # the tokenizer is in the graph: prove it on the whole Unicode corpus
+            cases += corpus_cases()
         return cases
 
-    def feed(self, case: Case, fmt: str = "onnx") -> dict[str, np.ndarray]:
-        # The original's own preprocessing (SentenceTransformer.preprocess), so ids match exactly.
-        features = self.st.preprocess(list(case.data))
-        return {n: features[n].numpy().astype(np.int64) for n in self.id_inputs}

@@ -11,6 +11,7 @@ from exportable import api, registry
 # recipe -> options used for its parity run (defaults unless a recipe needs a lighter setting)
 PARITY_CASES = {
     "sentence_bert": {},
+    "token_tagger": {},
 }
 
 

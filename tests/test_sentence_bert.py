@@ -9,19 +9,70 @@ from conftest import run_cli
 from exportable import api, samples
 
 
-def test_artifact_matches_sentence_transformers_on_fresh_texts(exported, sentence_transformer):
-    """Texts and batch sizes that neither the export example nor its validation used."""
+def _ids(st, texts):
+    feats = st.preprocess(texts)
+    return {k: feats[k].numpy() for k in ("input_ids", "attention_mask", "token_type_ids")}
+
+
+def _assert_matches(got, want):
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() <= 1e-5
+    cos = (got * want).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
+    assert cos.min() >= 0.99999
+
+
+def test_text_artifact_matches_sentence_transformers_on_fresh_texts(exported, sentence_transformer):
+    """Strings in, as a Java or Go program would pass them; texts and batch sizes that neither the
+    export example nor its validation used."""
     folder = exported("sentence_bert", "onnx,torchscript")
-    texts = samples.sentences(23, seed=99) + ["", samples.long_text(600, seed=5)]
+    texts = samples.sentences(23, seed=99) + ["", samples.long_text(600, seed=5), "Café naïve résumé 東京 😀"]
     want = sentence_transformer.encode(texts, convert_to_numpy=True)
-    feats = sentence_transformer.preprocess(texts)
-    feed = {k: feats[k].numpy() for k in ("input_ids", "attention_mask", "token_type_ids")}
-    for fmt in ("onnx", "torchscript"):
-        got = api.load_artifact(folder, fmt).run(feed)["sentence_embedding"]
-        assert got.shape == want.shape == (25, 384)
-        assert np.abs(got - want).max() <= 1e-5
-        cos = (got * want).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
-        assert cos.min() >= 0.99999
+    onnx_runner = api.load_artifact(folder, "onnx")
+    assert [n for n in onnx_runner.input_specs] == ["text"]
+    _assert_matches(onnx_runner.run({"text": np.array(texts, dtype=object)})["sentence_embedding"], want)
+    ts = api.load_artifact(folder, "torchscript").run(_ids(sentence_transformer, texts))["sentence_embedding"]
+    _assert_matches(ts, want)
+
+
+@pytest.mark.parametrize("batch", [0, 1, 7, 32])
+def test_text_artifact_batches(exported, sentence_transformer, batch):
+    from exportable.text.corpus import tokenizer_corpus
+
+    texts = tokenizer_corpus()[100:100 + batch]
+    got = api.load_artifact(exported("sentence_bert", "onnx,torchscript")).run(
+        {"text": np.array(texts, dtype=object)})["sentence_embedding"]
+    assert got.shape == (batch, 384)
+    if batch:
+        _assert_matches(got, sentence_transformer.encode(texts))
+
+
+def test_ids_input_mode_is_kept(exported, sentence_transformer):
+    folder = exported("sentence_bert", "onnx", inputs="ids")
+    runner = api.load_artifact(folder)
+    assert sorted(runner.input_specs) == ["attention_mask", "input_ids", "token_type_ids"]
+    texts = ["ids in, for users who tokenize themselves", "x"]
+    _assert_matches(runner.run(_ids(sentence_transformer, texts))["sentence_embedding"],
+                    sentence_transformer.encode(texts))
+
+
+@pytest.mark.parametrize("bad,message", [
+    (np.array([[101, 102]], dtype=np.int64), "must be a string tensor"),
+    (np.array([["a", "b"]], dtype=object), "must have rank 1"),
+    (np.array([b"caf\xc3"], dtype=object), "not valid UTF-8"),
+    (np.array([3], dtype=object), "must hold strings"),
+])
+def test_bad_text_input_is_a_clear_error(exported, bad, message):
+    from exportable.errors import InputError
+
+    runner = api.load_artifact(exported("sentence_bert", "onnx,torchscript"))
+    with pytest.raises(InputError, match=message):
+        runner.run({"text": bad})
+
+
+def test_torchscript_cannot_run_an_empty_batch_and_the_report_says_so(exported):
+    report = json.loads((exported("sentence_bert", "onnx,torchscript") / "report.json").read_text())
+    na = [c for c in report["parity"]["torchscript"]["cases"] if c["failures"] == {} and not c["metrics"]]
+    assert [c["case"] for c in na] == ["corpus_batch0"]
 
 
 def test_artifact_layout_metadata_and_report(exported, minilm_dir):
@@ -44,13 +95,16 @@ def test_artifact_layout_metadata_and_report(exported, minilm_dir):
     assert report["parity"]["onnx"]["passed"] and report["versions"]["torch"]
 
 
-def test_validation_covers_50_sentences_at_batches_1_3_17(exported):
+def test_validation_covers_50_sentences_and_the_corpus(exported):
     from exportable import vectors
 
     vecs = vectors.read(exported("sentence_bert", "onnx,torchscript") / "vectors")
-    sizes = [c.inputs["input_ids"].shape[0] for c in vecs.cases]
-    assert sum(sizes) >= 50 and set(sizes) == {1, 3, 17}
-    assert max(c.inputs["input_ids"].shape[1] for c in vecs.cases) == 256  # truncation case
+    sizes = [c.inputs["text"].shape[0] for c in vecs.cases]
+    basic = [s for c, s in zip(vecs.cases, sizes) if not c.name.startswith("corpus")]
+    assert sum(basic) >= 50 and set(basic) == {1, 3, 17}
+    assert sum(sizes) >= 1050 and {0, 7, 32} <= set(sizes)
+    ids = [c.inputs_for("torchscript")["input_ids"] for c in vecs.cases if "torchscript" in c.inputs_by_format]
+    assert max(i.shape[1] for i in ids) == 256  # truncation case
 
 
 def test_verify_command_replays_vectors_and_catches_tampering(exported, tmp_path):
@@ -59,7 +113,7 @@ def test_verify_command_replays_vectors_and_catches_tampering(exported, tmp_path
     folder = exported("sentence_bert", "onnx,torchscript")
     ok = run_cli("verify", folder)
     assert ok.returncode == 0, ok.stderr
-    assert "verify PASSED: 22 cases" in ok.stdout
+    assert "verify PASSED: 102 cases" in ok.stdout
     copy = tmp_path / "tampered"
     shutil.copytree(folder, copy)
     first = sorted((copy / "vectors" / "case_000").glob("expected.*.bin"))[0]
@@ -93,6 +147,5 @@ def test_model_path_with_a_checkpoint_the_test_saves(tmp_path, minilm_dir):
     texts = ["a tiny model", "with no normalisation at all, and a longer second sentence"]
     want = SentenceTransformer(str(folder), device="cpu").encode(texts)
     assert abs(np.linalg.norm(want[0]) - 1) > 1e-3  # really un-normalised
-    feats = st.preprocess(texts)
-    got = api.load_artifact(out).run({k: feats[k].numpy() for k in ("input_ids", "attention_mask", "token_type_ids")})
+    got = api.load_artifact(out).run({"text": np.array(texts, dtype=object)})
     np.testing.assert_allclose(got["sentence_embedding"], want, atol=1e-5, rtol=0)

@@ -54,6 +54,8 @@ def _dynamo(module, args, inputs, outputs, opset):
         program = torch.onnx.export(
             module, args, dynamo=True, external_data=False, opset_version=opset, verbose=False,
             input_names=[s.name for s in inputs], dynamic_shapes=dynamic, optimize=True,
+            # A module with custom ops names their ONNX translations (blocks.detection: NMS).
+            custom_translation_table=getattr(module, "onnx_translations", None),
         )
     return program.model_proto
 

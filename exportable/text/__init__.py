@@ -1,0 +1,31 @@
+"""Tokenizers as ONNX graphs, with exact parity to the Hugging Face tokenizer they come from.
+
+    settings = TokenizerSettings.from_pretrained(model_dir, max_length=256)
+    model = build_tokenizer_graph(settings, opset=17)   # onnx.ModelProto
+    settings.metadata()                                  # for the artifact's metadata_props
+
+The graph takes `text`, a string tensor [batch], and returns `input_ids`, `attention_mask` and
+`token_type_ids`, int64 [batch, sequence]: what `tokenizer(texts, padding=True, truncation=True,
+max_length=max_length)` of the HF fast tokenizer returns. Run it with onnxruntime-extensions
+registered (custom-op domain ai.onnx.contrib); below opset 20 it also uses ONNX Runtime's own
+com.microsoft Tokenizer op.
+
+Choices and limits:
+- An empty batch returns shape [0, 2] (an empty text is [CLS] [SEP]); HF has no answer for it.
+- Only WordPiece (BERT-style) tokenizers, right padding and truncation, clean_text on, added
+  tokens matched verbatim (no lstrip/rstrip/single_word/normalized). Anything else raises
+  TokenizerError (a ValueError and an exportable InputError) naming the file.
+- NUL bytes become \\x01 on the way in (the ortx ops read C strings); both are dropped by
+  clean_text, so ids do not change.
+- NFD's reordering of adjacent combining marks is not reproduced; see normalize.py for why this
+  cannot change ids unless the vocabulary holds a surviving mark (the builder warns then).
+
+Modules: settings.py (read the files), normalize.py (the per-character table, probed from HF),
+bert_graph.py (the stages), wordpiece.py (WordPiece + [UNK] fix), ragged.py (ragged -> padded),
+graph_builder.py (deterministic node naming), corpus.py (seeded test corpus).
+"""
+
+from .bert_graph import build_tokenizer_graph
+from .settings import SpecialToken, TokenizerError, TokenizerSettings
+
+__all__ = ["SpecialToken", "TokenizerError", "TokenizerSettings", "build_tokenizer_graph"]

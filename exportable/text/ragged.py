@@ -1,0 +1,90 @@
+"""Ragged -> dense with standard ONNX ops.
+
+A ragged batch is a flat `values` tensor plus `splits` (row i is values[splits[i]:splits[i+1]]),
+the layout the onnxruntime-extensions string ops produce.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import TensorProto
+
+from .graph_builder import CONTRIB, STRING, GraphBuilder
+
+
+def split_bounds(b: GraphBuilder, splits: str, prefix: str) -> tuple[str, str, str]:
+    """(starts, ends, lengths) of each row from its splits."""
+    starts = b.op("Slice", [splits, b.const(f"{prefix}/0", [0]), b.const(f"{prefix}/-1", [-1])], f"{prefix}/starts")
+    ends = b.op("Slice", [splits, b.const(f"{prefix}/1", [1]), b.const(f"{prefix}/big", [2**62])], f"{prefix}/ends")
+    return starts, ends, b.op("Sub", [ends, starts], f"{prefix}/lengths")
+
+
+def dense_gather_index(b: GraphBuilder, starts: str, lengths: str, fill: str, prefix: str) -> tuple[str, str]:
+    """([rows, width] index of each row's j-th value or `fill` past its end, [rows, width] validity)."""
+    width = b.op("ReduceMax", [b.op("Concat", [lengths, b.const(f"{prefix}/zero", [0])], f"{prefix}/lengths0",
+                                    axis=0)], f"{prefix}/width", keepdims=0)
+    cols = b.op("Range", [b.const(f"{prefix}/start", 0), width, b.const(f"{prefix}/step", 1)], f"{prefix}/cols")
+    axis1 = b.const(f"{prefix}/axis1", [1])
+    starts2 = b.op("Unsqueeze", [starts, axis1], f"{prefix}/starts2")
+    lengths2 = b.op("Unsqueeze", [lengths, axis1], f"{prefix}/lengths2")
+    valid = b.op("Less", [cols, lengths2], f"{prefix}/valid")
+    index = b.op("Add", [starts2, cols], f"{prefix}/index_raw")
+    return b.op("Where", [valid, index, fill], f"{prefix}/index"), valid
+
+
+def join_rows(b: GraphBuilder, values: str, splits: str, prefix: str) -> str:
+    """Concatenate each row's strings into one string (separator '')."""
+    starts, _, lengths = split_bounds(b, splits, prefix)
+    # Past-the-end slots point at an appended "", which joins to nothing.
+    padded = b.op("Concat", [values, b.const(f"{prefix}/empty", [""])], f"{prefix}/values_plus_empty", axis=0)
+    fill = b.op("Shape", [values], f"{prefix}/fill")
+    index, _ = dense_gather_index(b, starts, lengths, fill, prefix)
+    dense = b.op("Gather", [padded, index], f"{prefix}/dense", axis=0)
+    return b.op("StringJoin", [dense, b.const(f"{prefix}/sep", ""), b.const(f"{prefix}/join_axis", 1)],
+                f"{prefix}/joined", domain=CONTRIB, types=[(STRING, 1)])
+
+
+def pack_with_specials(b: GraphBuilder, ids: str, starts: str, lengths: str, *, max_length: int,
+                       cls: tuple[int, int], sep: tuple[int, int], pad: tuple[int, int], text_type: int,
+                       prefix: str = "pack") -> tuple[str, str, str]:
+    """[CLS] ids[:max_length-2] [SEP] per row, right-padded to the longest row.
+
+    Returns (input_ids, attention_mask, token_type_ids), int64 [batch, sequence]. An empty
+    batch gives sequence length 2 (the length of an empty text), so shape [0, 2].
+    """
+    kept = b.op("Min", [lengths, b.const(f"{prefix}/room", [max_length - 2], np.int64)], f"{prefix}/kept")
+    cols = b.op("Range", [b.const(f"{prefix}/start", 0), _seq_len(b, kept, prefix), b.const(f"{prefix}/step", 1)],
+                f"{prefix}/cols")
+    axis1 = b.const(f"{prefix}/axis1", [1])
+    kept2 = b.op("Unsqueeze", [kept, axis1], f"{prefix}/kept2")
+    starts2 = b.op("Unsqueeze", [starts, axis1], f"{prefix}/starts2")
+    one = b.const(f"{prefix}/one", 1)
+    is_cls = b.op("Equal", [cols, b.const(f"{prefix}/zero", 0)], f"{prefix}/is_cls")
+    sep_col = b.op("Add", [kept2, one], f"{prefix}/sep_col")
+    is_sep = b.op("Equal", [cols, sep_col], f"{prefix}/is_sep")
+    is_text = b.op("And", [b.op("Not", [is_cls], f"{prefix}/not_cls"),
+                           b.op("LessOrEqual", [cols, kept2], f"{prefix}/le_kept")], f"{prefix}/is_text")
+    # slot: 0 [CLS], 1 [SEP], 2 padding, 3 text; lookup tables hold one entry per slot.
+    slot = b.op("Where", [is_text, b.const(f"{prefix}/slot_text", 3), b.const(f"{prefix}/slot_pad", 2)],
+                f"{prefix}/slot_text_or_pad")
+    slot = b.op("Where", [is_sep, one, slot], f"{prefix}/slot_sep")
+    slot = b.op("Where", [is_cls, b.const(f"{prefix}/slot_cls", 0), slot], f"{prefix}/slot")
+    table = b.op("Concat", [b.const(f"{prefix}/special_ids", [cls[0], sep[0], pad[0]], np.int64), ids],
+                 f"{prefix}/id_table", axis=0)
+    # Text slot j reads ids[start + j - 1], which sits at table[start + j + 2].
+    text_pos = b.op("Add", [starts2, b.op("Add", [cols, b.const(f"{prefix}/two", 2)], f"{prefix}/cols2")],
+                    f"{prefix}/text_pos")
+    pos = b.op("Where", [is_text, text_pos, slot], f"{prefix}/pos")
+    input_ids = b.op("Gather", [table, pos], "input_ids", axis=0)
+    mask = b.op("Cast", [b.op("Less", [cols, b.op("Add", [sep_col, one], f"{prefix}/end")], f"{prefix}/in_row")],
+                "attention_mask", to=TensorProto.INT64)
+    types = b.const(f"{prefix}/type_ids", [cls[1], sep[1], pad[1], text_type], np.int64)
+    token_type_ids = b.op("Gather", [types, slot], "token_type_ids", axis=0)
+    return input_ids, mask, token_type_ids
+
+
+def _seq_len(b: GraphBuilder, kept: str, prefix: str) -> str:
+    # The appended 0 keeps ReduceMax defined for an empty batch.
+    longest = b.op("ReduceMax", [b.op("Concat", [kept, b.const(f"{prefix}/no_rows", [0])], f"{prefix}/kept0",
+                                      axis=0)], f"{prefix}/longest", keepdims=0)
+    return b.op("Add", [longest, b.const(f"{prefix}/specials", 2)], f"{prefix}/seq_len")

@@ -1,0 +1,89 @@
+"""Text in, for recipes whose ONNX artifact takes strings: the model's own tokenizer is built as
+graph nodes (exportable.text) and merged in front of the captured model.
+
+The captured module still takes ids, so TorchScript artifacts (no string ops) take ids, and the
+vectors record the ids for them (`inputs_by_format`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .recipe import Case, TensorSpec
+
+TEXT = TensorSpec("text", "string", ("batch",), "UTF-8 texts, one per row")
+ID_DOCS = {"input_ids": "token ids from the model's tokenizer", "attention_mask": "1 for real tokens, 0 for padding",
+           "token_type_ids": "segment ids (0 for single texts)"}
+
+
+class TextInputs:
+    """Mixin. The recipe provides `tokenizer_dir`, `max_length`, `id_input_names` and
+    `tokenize(texts) -> {name: int64 array}` (the original pipeline's own tokenization) and an
+    option `inputs` with choices ("text", "ids")."""
+
+    tokenizer_dir: Path
+    max_length: int
+    id_input_names: list[str]
+
+    def tokenize(self, texts: list[str]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    @property
+    def text_mode(self) -> bool:
+        return self.settings.get("inputs", "text") == "text"
+
+    def model_input_specs(self, fmt: str = "onnx"):
+        return tuple(TensorSpec(n, "int64", ("batch", "sequence"), ID_DOCS.get(n, "")) for n in self.id_input_names)
+
+    def input_specs(self, fmt: str = "onnx"):
+        if fmt == "onnx" and self.text_mode:
+            return (TEXT,)
+        return self.model_input_specs(fmt)
+
+    def tokenizer_settings(self):
+        from .text import TokenizerSettings
+
+        return TokenizerSettings.from_pretrained(self.tokenizer_dir, max_length=self.max_length)
+
+    def onnx_preprocessor(self, opset: int):
+        if not self.text_mode:
+            return None
+        from .text import build_tokenizer_graph
+
+        return build_tokenizer_graph(self.tokenizer_settings(), opset=opset)
+
+    def text_preprocessing(self) -> dict:
+        if not self.text_mode:
+            return {"inputs": "ids", "max_length": self.max_length}
+        return {"inputs": "text", "tokenizer": self.tokenizer_settings().metadata()}
+
+    def feed(self, case: Case, fmt: str = "onnx") -> dict[str, np.ndarray]:
+        texts = list(case.data)
+        if fmt == "onnx" and self.text_mode:
+            return {"text": np.array(texts, dtype=object).reshape(len(texts))}
+        return self.tokenize(texts)
+
+    def capture_feed(self, fmt: str = "onnx") -> dict[str, np.ndarray]:
+        return self.tokenize(list(self.example_case().data))
+
+
+def corpus_cases() -> list[Case]:
+    """The tokenizer corpus (>= 1,000 strings nobody hand-picked) at batches 0, 7 and 32."""
+    from .text.corpus import tokenizer_corpus
+    from .vectors import needs_own_batch
+
+    # Batched by length, as SentenceTransformer.encode batches: a corpus order would put one of
+    # the 35 texts over 256 tokens in almost every batch and pad 228k tokens instead of ~45k.
+    # Texts that the Java or Go bindings cannot pass (NUL, emoji in Java) go last, in their own
+    # batches, so those replays still cover the rest.
+    texts = sorted(tokenizer_corpus(), key=lambda t: (needs_own_batch(t), len(t)))
+    cases = [Case("corpus_batch0", [])]
+    i = 0
+    for size in [7] + [32] * ((len(texts) - 7) // 32 + 1):
+        chunk = texts[i:i + size]
+        if chunk:
+            cases.append(Case(f"corpus_batch{len(chunk)}_{i:04d}", chunk))
+        i += size
+    return cases
