@@ -7,6 +7,7 @@ verify -> write. Each stage is timed and recorded; a failure names its stage.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import shutil
 import tempfile
 import time
@@ -19,12 +20,10 @@ import numpy as np
 from . import __version__, graph, parity, registry, runtime, vectors
 from .errors import CheckError, ExportableError, InputError, ParityError
 from .exporters import onnx as onnx_exporter
-from .exporters import torchscript as ts_exporter
 from .recipe import FORMATS, Case, Recipe
 from .report import Report, Stage
 
 MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.pt"}
-EXPORTERS = {"onnx": onnx_exporter, "torchscript": ts_exporter}
 DEFAULT_OPSET = 18
 
 
@@ -77,8 +76,9 @@ def parse_formats(formats: str | Iterable[str] | None, recipe_cls) -> list[str]:
         if fmt not in FORMATS:
             raise InputError(f"unknown format {fmt!r}; choose from: {', '.join(FORMATS)}")
         if fmt not in recipe_cls.formats:
-            raise InputError(f"recipe {recipe_cls.name} does not support {fmt!r}; it supports: "
-                             f"{', '.join(recipe_cls.formats)}")
+            why = getattr(recipe_cls, "formats_why", "")  # a recipe instance may say why its options narrow them
+            raise InputError(f"recipe {recipe_cls.name} does not support {fmt!r}{' ' + why if why else ''}; "
+                             f"it supports: {', '.join(recipe_cls.formats)}")
     if not wanted:
         raise InputError(f"no format given; choose from: {', '.join(FORMATS)}")
     return wanted
@@ -130,6 +130,7 @@ def export_recipe(name: str, out: str | Path | None = None, formats=None, opset:
     check_opset(opset)
     out = Path(out) if out is not None else Path("artifacts") / name
     recipe: Recipe = recipe_cls(**options)
+    fmts = parse_formats(fmts, recipe)  # options may narrow the formats (an instance's `formats`)
     tmp = prepare_out(out)
     try:
         report = _run_stages(recipe, fmts, opset, tmp, progress)
@@ -177,8 +178,9 @@ def _capture_and_check(recipe: Recipe, fmt: str, opset: int, folder: Path, repor
     with _stage(report, f"capture:{fmt}", progress) as st:
         module = recipe.build_wrapper(fmt)
         inputs = recipe.model_input_specs(fmt)
-        capture = EXPORTERS[fmt].export(module, recipe.capture_feed(fmt), inputs, recipe.output_specs(), path,
-                                        opset=opset)
+        exporter = importlib.import_module(f"exportable.exporters.{recipe.exporter(fmt)}")
+        capture = exporter.export(module, recipe.capture_feed(fmt), inputs, recipe.model_output_specs(fmt), path,
+                                  opset=opset)
         st.detail.update(strategy=capture.strategy, warnings=capture.warnings, tried=capture.tried)
         for failed, why in capture.tried.items():
             progress(f"capture:{fmt} {failed} exporter failed ({why[:160]}); used {capture.strategy}")
@@ -196,6 +198,10 @@ def assemble(recipe: Recipe, model, opset: int):
     pre = recipe.onnx_preprocessor(opset)
     if pre is not None:
         model = graph.merge_in_front(pre, model)
+        graph.apply_specs(model, recipe.input_specs("onnx"), recipe.output_specs())
+    post = recipe.onnx_postprocessor(opset)
+    if post is not None:
+        model = graph.merge_behind(model, post)
         graph.apply_specs(model, recipe.input_specs("onnx"), recipe.output_specs())
     source = recipe.source()
     graph.set_metadata(model, {
@@ -253,7 +259,7 @@ def _write_vectors(recipe, fmts, folder, cases, expected, models) -> None:
     cases_out = []
     for case in cases:
         onnx_feed = recipe.feed(case, "onnx")
-        other, known = {}, vectors.known_failures(onnx_feed)
+        other, known = {}, {**vectors.known_failures(onnx_feed), **recipe.runtime_limitations(case)}
         for fmt in fmts:
             if recipe.unsupported(case, fmt):
                 known[fmt] = recipe.unsupported(case, fmt)

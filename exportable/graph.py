@@ -118,6 +118,25 @@ def merge_in_front(pre: onnx.ModelProto, model: onnx.ModelProto, prefix: str = "
     return merged
 
 
+def merge_behind(model: onnx.ModelProto, post: onnx.ModelProto, prefix: str = "post_") -> onnx.ModelProto:
+    """Feed model outputs into `post`'s inputs of the same name (e.g. class ids -> label strings).
+    The merged graph outputs all of the model's outputs, then `post`'s: one graph, one file."""
+    from onnx import compose
+
+    outputs = [o.name for o in model.graph.output]
+    missing = [i.name for i in post.graph.input if i.name not in outputs]
+    if missing:
+        raise ExportError(f"the postprocessor graph takes {missing}, which the model does not output ({outputs})")
+    clash = [o.name for o in post.graph.output if o.name in _value_names(model.graph) | set(outputs)]
+    if clash:
+        raise ExportError(f"the postprocessor's outputs {clash} clash with names in the model; rename them")
+    io_map = [(i.name, prefix + i.name) for i in post.graph.input]
+    post = compose.add_prefix(post, prefix, rename_inputs=True, rename_outputs=False)
+    post.ir_version = model.ir_version = max(post.ir_version, model.ir_version)
+    _align_opsets(model, post)
+    return compose.merge_models(model, post, io_map=io_map, outputs=outputs + [o.name for o in post.graph.output])
+
+
 def _align_opsets(*models: onnx.ModelProto) -> None:
     """merge_models refuses different versions of one domain; use the highest for each."""
     best: dict[str, int] = {}

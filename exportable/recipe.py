@@ -152,8 +152,17 @@ class Recipe:
         """The export-friendly module (torch.nn.Module) captured by the exporters."""
         raise NotImplementedError
 
+    def exporter(self, fmt: str) -> str:
+        """Which exporter module (exportable.exporters.<name>) captures `fmt`."""
+        return fmt
+
     def onnx_preprocessor(self, opset: int):
         """Optional ONNX graph (at `opset`) merged in front of the captured model (e.g. a tokenizer)."""
+        return None
+
+    def onnx_postprocessor(self, opset: int):
+        """Optional ONNX graph (at `opset`) merged behind the captured model: its inputs are model
+        outputs of the same name, its outputs come after the model's (e.g. ids -> label strings)."""
         return None
 
     def example_case(self) -> Case:
@@ -171,10 +180,20 @@ class Recipe:
         Such cases are listed as N/A in the report and as known failures in the vectors."""
         return None
 
+    def runtime_limitations(self, case: Case) -> dict[str, str]:
+        """Non-Python runtimes (java, go) known not to run `case`, with the reason; written to the
+        vectors as known failures, which those consumers report as XFAIL without running them."""
+        return {}
+
     def model_input_specs(self, fmt: str = "onnx") -> tuple[TensorSpec, ...]:
         """Inputs of the *captured module*; differs from input_specs when a preprocessor graph
         (onnx_preprocessor) is merged in front of it."""
         return self.input_specs(fmt)
+
+    def model_output_specs(self, fmt: str = "onnx") -> tuple[TensorSpec, ...]:
+        """Outputs of the *captured module*; differs from output_specs when a postprocessor graph
+        (onnx_postprocessor) adds outputs behind it."""
+        return self.output_specs()
 
     def capture_feed(self, fmt: str = "onnx") -> dict[str, np.ndarray]:
         """Inputs of the captured module for the example case."""

@@ -20,6 +20,12 @@ from .errors import InputError, MissingDependency
 # Operator domains ONNX Runtime implements itself; anything else needs a custom-op library.
 BUILTIN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "ai.onnx.preview.training"}
 EXTENSIONS_DOMAIN = "ai.onnx.contrib"
+# onnxruntime-extensions registers most ops in ai.onnx.contrib, its image codecs (DecodeImage,
+# EncodeImage, DrawBoundingBoxes) in com.microsoft.extensions: one library serves both.
+EXTENSIONS_DOMAINS = {EXTENSIONS_DOMAIN, "com.microsoft.extensions"}
+# A graph can refuse its input on purpose: a node named "input error: <message>" that fails
+# (exportable.blocks.image_io). The runners report such failures as InputError(<message>).
+INPUT_ERROR = "input error: "
 
 ORT_TYPES = {
     "tensor(float)": "float32", "tensor(double)": "float64", "tensor(int64)": "int64",
@@ -59,12 +65,12 @@ def session_options(custom_domains, threads: int | None = None):
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads or available_cpus()
     so.inter_op_num_threads = 1
-    unknown = sorted(set(custom_domains) - BUILTIN_DOMAINS - {EXTENSIONS_DOMAIN})
+    unknown = sorted(set(custom_domains) - BUILTIN_DOMAINS - EXTENSIONS_DOMAINS)
     if unknown:
         # Never load a library named by the model file itself: only the extensions we ship.
         raise InputError(f"the model needs custom-op domain(s) {unknown} that exportable cannot provide; "
-                         f"only {EXTENSIONS_DOMAIN} (onnxruntime-extensions) is supported")
-    if EXTENSIONS_DOMAIN in custom_domains:
+                         f"only {', '.join(sorted(EXTENSIONS_DOMAINS))} (onnxruntime-extensions) are supported")
+    if EXTENSIONS_DOMAINS & set(custom_domains):
         so.register_custom_ops_library(extensions_library())
     return so
 
@@ -100,10 +106,17 @@ def validate_feed(feed: Mapping, specs: Mapping[str, tuple[str, list]]) -> dict[
                                  "(or export with --inputs ids)")
             value = _check_string_tensor(name, value)
         elif str(value.dtype) != dtype:
-            raise InputError(f"input {name!r} must be {dtype}, got {value.dtype}; convert with .astype('{dtype}')")
+            hint = (" after scaling to 0..255 (e.g. (x * 255).round() for floats in [0, 1])"
+                    if dtype == "uint8" and value.dtype.kind == "f" else "")
+            raise InputError(f"input {name!r} must be {dtype}, got {value.dtype}; convert with .astype('{dtype}')"
+                             f"{hint}")
         if shape is not None and value.ndim != len(shape):
             raise InputError(f"input {name!r} must have rank {len(shape)} (shape {shape}), got shape "
                              f"{list(value.shape)}")
+        for axis, (want, got) in enumerate(zip(shape or (), value.shape)):
+            if isinstance(want, int) and want != got:  # a fixed dim, e.g. 3 colour channels
+                raise InputError(f"input {name!r} must have shape {shape}, got {list(value.shape)} "
+                                 f"(dimension {axis} must be {want})")
         ready[name] = value
     return ready
 
@@ -123,8 +136,31 @@ class OnnxRunner:
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import onnxruntime as ort
+
         ready = validate_feed(feed, self.input_specs)
-        return dict(zip(self.output_names, self.session.run(self.output_names, ready)))
+        quiet = ort.RunOptions()
+        quiet.log_severity_level = 4  # a failing run raises with the same text; don't also log it to stderr
+        try:
+            return dict(zip(self.output_names, self.session.run(self.output_names, ready, quiet)))
+        except Exception as exc:
+            raise _refused(exc) or exc
+
+
+def _refused(exc: Exception) -> InputError | None:
+    """The graph's own "input error: ..." node failed: the input was refused, say why in one line.
+    ONNX Runtime nests messages (If/Loop nodes name their subgraph's failing node): take the
+    innermost node name."""
+    text = str(exc)
+    start = text.rfind(INPUT_ERROR)
+    if start < 0:
+        return None
+    message = text[start + len(INPUT_ERROR):]
+    for end in ("' Status Message", "\n"):
+        message = message.split(end)[0]
+    error = InputError(message.strip().rstrip("'"))
+    error.__cause__ = exc
+    return error
 
 
 def quiet_torchscript():
@@ -160,10 +196,20 @@ class TorchScriptRunner:
         ready = validate_feed(feed, self.input_specs) if self.input_specs else dict(feed)
         args = [torch.from_numpy(np.ascontiguousarray(ready[n])) for n in self.input_names]
         with torch.inference_mode():
-            result = self.module(*args)
+            try:
+                result = self.module(*args)
+            except Exception as exc:  # a scripted `raise ValueError("input error: ...")`
+                raise _refused(exc) or exc
         if isinstance(result, torch.Tensor):
             result = (result,)
-        return {n: t.numpy() for n, t in zip(self.output_names, result)}
+        return {n: _to_numpy(t) for n, t in zip(self.output_names, result)}
+
+
+def _to_numpy(value) -> np.ndarray:
+    """A tensor, or a scripted module's List[str] (labels), as the array ONNX Runtime would give."""
+    if isinstance(value, (list, tuple)):
+        return np.array(list(value), dtype=object)
+    return value.numpy()
 
 
 def load(path: Path, threads: int | None = None):

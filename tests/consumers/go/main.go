@@ -107,15 +107,16 @@ func replayArtifact(dir, ortxLib string) (passed, failed int, err error) {
 		return 0, max(1, len(m.Cases)), nil
 	}
 	for _, c := range m.Cases {
-		ok, err := replayCase(&s, filepath.Join(dir, "vectors"), m, c)
-		if err != nil {
-			return 0, 0, err
-		}
-		if why, known := c.KnownFailures["go"]; !ok && known {
-			// Recorded by the exporter as a limitation of this runtime: reported, not counted.
+		if why, known := c.KnownFailures["go"]; known {
+			// Recorded by the exporter as a limitation of this runtime: reported, not run (some
+			// crash the process, e.g. ONNX Runtime 1.29's SIGFPE on an empty batch in an NMS graph).
 			fmt.Printf("XFAIL %s/%s: %s\n", m.Recipe, c.Name, why)
 			expectedFailures++
 			continue
+		}
+		ok, err := replayCase(&s, filepath.Join(dir, "vectors"), m, c)
+		if err != nil {
+			return 0, 0, err
 		}
 		if ok {
 			passed++

@@ -146,6 +146,9 @@ public final class ReplayVectors {
     static boolean replayCase(OrtEnvironment env, OrtSession session, Path vectors, String artifact,
                               JsonObject c, Map<String, Compare.Tolerance> tolerances) throws BadInput {
         String label = artifact + "/" + c.get("name").getAsString();
+        // A known limitation of this runtime, recorded at export: reported, not run (some crash the
+        // process, e.g. ONNX Runtime 1.29's SIGFPE on an empty batch in an NMS graph).
+        if (expectedFailure(label, c)) return true;
         // A case may carry ONNX-specific inputs beside the generic ones (exportable/vectors.py).
         JsonObject inputs = c.getAsJsonObject("inputs");
         if (c.has("inputs_by_format") && c.getAsJsonObject("inputs_by_format").has("onnx")) {
@@ -188,8 +191,8 @@ public final class ReplayVectors {
 
     static int expectedFailures = 0;
 
-    /** A failure the exporter recorded in advance as a known limitation of this runtime
-     * (manifest: case.known_failures.java) is reported as XFAIL, not counted as failed. */
+    /** A case the exporter recorded in advance as a known limitation of this runtime
+     * (manifest: case.known_failures.java) is reported as XFAIL, not run and not counted as failed. */
     static boolean expectedFailure(String label, JsonObject c) {
         if (!c.has("known_failures") || !c.getAsJsonObject("known_failures").has("java")) return false;
         System.out.println("XFAIL " + label + ": " + c.getAsJsonObject("known_failures").get("java").getAsString());
