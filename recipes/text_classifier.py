@@ -234,16 +234,20 @@ class TextClassifier(TextInputs, Recipe):
         with torch.no_grad():
             head.weight.zero_()
             head.bias.zero_()
+        # The head may be trained lazily from inside a caller's no_grad (a recipe property first
+        # read while computing references): gradients are switched on here explicitly.
+        head.requires_grad_(True)
         opt = torch.optim.Adam(head.parameters(), lr=TRAIN_LR, weight_decay=WEIGHT_DECAY)
-        for _ in range(TRAIN_STEPS):
-            opt.zero_grad()
-            logits = head(x[train])
-            if self.head == "single":
-                loss = torch.nn.functional.cross_entropy(logits, y[train].argmax(1))
-            else:
-                loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y[train])
-            loss.backward()
-            opt.step()
+        with torch.enable_grad():
+            for _ in range(TRAIN_STEPS):
+                opt.zero_grad()
+                logits = head(x[train])
+                if self.head == "single":
+                    loss = torch.nn.functional.cross_entropy(logits, y[train].argmax(1))
+                else:
+                    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y[train])
+                loss.backward()
+                opt.step()
         with torch.no_grad():
             logits = head(x).numpy()
         head.requires_grad_(False)
