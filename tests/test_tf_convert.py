@@ -300,20 +300,3 @@ def test_nul_inside_a_raw_word(tf, tmp_path):
     got = session.run(["ids"], {"words": np.array(chunk, dtype=object)})[0]
     np.testing.assert_array_equal(got, run_savedmodel(path, chunk)["ids"])
 
-
-def test_recipe_converts_a_users_savedmodel_through_the_cli(tf, tmp_path):
-    """`python -m exportable recipe tf_text_encoder --saved-model PATH`, on a SavedModel written
-    here the way a user would, with its own input/output names; parity against TF in the export."""
-    import json
-
-    from conftest import run_cli
-
-    folder = tmp_path / "user_model"
-    write_user_savedmodel(tf, folder)
-    out = tmp_path / "artifact"
-    result = run_cli("recipe", "tf_text_encoder", "--saved-model", folder, "--out", out)
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads((out / "report.json").read_text())
-    assert report["parity"]["onnx"]["passed"] and len(report["parity"]["onnx"]["cases"]) >= 40
-    bad = run_cli("recipe", "tf_text_encoder", "--saved-model", tmp_path / "nope", "--out", tmp_path / "x")
-    assert bad.returncode == 2 and "not a SavedModel folder" in bad.stderr
