@@ -230,6 +230,21 @@ def test_user_savedmodel_with_a_string_signature(tf, corpus, tmp_path):
         np.testing.assert_allclose(got["unknown_share"], want["unknown_share"], rtol=1.3e-6, atol=1e-5)
 
 
+@pytest.mark.parametrize("batch", [[], [""], ["", " "], ["", "Paris"]], ids=["empty", "blank", "blanks", "mixed"])
+def test_user_savedmodel_on_batches_without_tokens(tf, tmp_path, batch):
+    """No [CLS]/[SEP] here, so a batch of blanks has no tokens at all: tf2onnx's segment-sum
+    conversion then sized a grid from ReduceMax over nothing and ORT failed ("ConstantOfShape ...
+    shape.Size() must be >= 0"); fixed by _guard_empty_segment_counts."""
+    from exportable.tf import convert_savedmodel, run_savedmodel
+
+    path = write_user_savedmodel(tf, tmp_path / "user_model")
+    session = ort_session(convert_savedmodel(path).SerializeToString())
+    want = run_savedmodel(path, batch)
+    got = session.run(["token_ids", "unknown_share"], {"sentences": np.array(batch, dtype=object).reshape(-1)})
+    np.testing.assert_array_equal(got[0], want["token_ids"])
+    np.testing.assert_array_equal(got[1], want["unknown_share"])
+
+
 def test_composing_normalisation_is_refused(tf, tmp_path):
     from exportable.tf import convert_savedmodel
 
@@ -300,3 +315,22 @@ def test_nul_inside_a_raw_word(tf, tmp_path):
     got = session.run(["ids"], {"words": np.array(chunk, dtype=object)})[0]
     np.testing.assert_array_equal(got, run_savedmodel(path, chunk)["ids"])
 
+
+
+def test_recipe_converts_a_users_savedmodel_through_the_cli(tf, tmp_path):
+    """`python -m exportable recipe tf_text_encoder --saved-model PATH`, on a SavedModel written
+    here the way a user would, with its own input/output names; parity against TF in the export."""
+    import json
+
+    from conftest import run_cli
+
+    folder = tmp_path / "user_model"
+    write_user_savedmodel(tf, folder)
+    out = tmp_path / "artifact"
+    result = run_cli("recipe", "tf_text_encoder", "--saved-model", folder, "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["parity"]["onnx"]["passed"] and len(report["parity"]["onnx"]["cases"]) >= 40
+    bad = run_cli("recipe", "tf_text_encoder", "--saved-model", tmp_path / "nope", "--out", tmp_path / "x")
+    assert bad.returncode == 2 and "not a SavedModel folder" in bad.stderr
+    assert "Traceback" not in bad.stderr and not (tmp_path / "x").exists()

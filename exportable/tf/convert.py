@@ -39,6 +39,7 @@ def convert_savedmodel(saved_model_dir, opset: int = 17, signature: str = SIGNAT
     graph_def, inputs, outputs, tables, renames = _load(path, signature, tag)
     model = _convert(graph_def, inputs, outputs, tables, renames, opset, name=path.name)
     _tidy(model, info)
+    _guard_empty_segment_counts(model)
     _guard_empty_batch(model, text_input)
     set_metadata(model, {"exportable.converter": "tf2onnx + exportable.tf handlers",
                          "exportable.source": f"SavedModel {path.name}, signature {signature}",
@@ -221,6 +222,33 @@ def _guard_empty_batch(model: onnx.ModelProto, text_input: str) -> None:
         back.append(helper.make_node("Tile", [f"{p}/end", f"{q}/n"], [f"{q}/ends"]))
         back.append(helper.make_node("Slice", [raw, f"{q}/starts", f"{q}/ends", f"{q}/axes"], [out.name]))
     nodes = front + list(g.node) + back
+    del g.node[:]
+    g.node.extend(nodes)
+
+
+def _guard_empty_segment_counts(model: onnx.ModelProto) -> None:
+    """tf2onnx's Segment*/UnsortedSegment* conversion sizes its index grid with ReduceMax over the
+    segment counts (Unique's 4th output). With no tokens at all (a batch of "" through a tokenizer
+    without [CLS]/[SEP]) the counts are empty, ReduceMax gives INT64_MIN and ORT fails with
+    "ConstantOfShape ... Tensor shape.Size() must be >= 0". Counts are >= 1, so appending a 0 keeps
+    every non-empty result and makes the empty one 0 (a grid of width 0: each sum is its identity,
+    as TF gives for an empty segment)."""
+    g = model.graph
+    counts = {n.output[3] for n in g.node if n.op_type == "Unique" and len(n.output) > 3 and n.output[3]}
+    consumers = [n for n in g.node if n.op_type == "ReduceMax" and n.input and n.input[0] in counts]
+    if not consumers:
+        return
+    zero = "exportable_empty_segments/zero"
+    g.initializer.append(numpy_helper.from_array(np.zeros(1, np.int64), zero))
+    guarded = {node.input[0] for node in consumers}
+    for node in consumers:
+        node.input[0] = f"{node.input[0]}/exportable_with_zero"
+    nodes = []
+    for node in g.node:  # each Concat right after the Unique that makes its counts
+        nodes.append(node)
+        if node.op_type == "Unique" and len(node.output) > 3 and node.output[3] in guarded:
+            nodes.append(helper.make_node("Concat", [node.output[3], zero],
+                                          [f"{node.output[3]}/exportable_with_zero"], axis=0))
     del g.node[:]
     g.node.extend(nodes)
 

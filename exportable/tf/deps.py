@@ -6,6 +6,7 @@ load; every entry point of exportable.tf calls `import_tf()` first.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -21,15 +22,42 @@ INSTALL_HINT = "install the tf extra: pip install -e .[tf]  (" + " ".join(f"{k}=
 def import_tf():
     """(tensorflow, tensorflow_text), or MissingDependency naming the extra."""
     _load_extensions_before_tf()
+    already = "tensorflow" in sys.modules
     # TF prints a screenful of C++ start-up logs (CUDA probing, oneDNN notices) otherwise.
+    quiet = "TF_CPP_MIN_LOG_LEVEL" not in os.environ
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        import tensorflow as tf
-        import tensorflow_text as tft  # registers the text ops (CaseFoldUTF8, WordpieceTokenizeWithOffsets, ...)
+        with _native_stderr_silenced(quiet and not already):
+            import tensorflow as tf
+            import tensorflow_text as tft  # registers the text ops (CaseFoldUTF8, WordpieceTokenizeWithOffsets, ...)
+
+            if not already:
+                tf.config.list_physical_devices()  # the CUDA probe ("failed call to cuInit") happens here
     except ImportError as exc:
         raise MissingDependency(f"exportable.tf needs TensorFlow and tensorflow-text ({exc.name} is missing); "
                                 f"{INSTALL_HINT}") from exc
     return tf, tft
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced(active: bool):
+    """TF 2.21 logs from C++ through absl before absl::InitializeLog ("WARNING: All log messages
+    before absl::InitializeLog() ...", oneDNN and cuInit notices), ignoring TF_CPP_MIN_LOG_LEVEL.
+    Point file descriptor 2 at /dev/null while TF starts; Python's own errors are raised after it is
+    restored. A user who sets TF_CPP_MIN_LOG_LEVEL gets TF's output untouched."""
+    if not active:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def import_tf2onnx():
