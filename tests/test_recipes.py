@@ -16,6 +16,7 @@ PARITY_CASES = {
     "object_detector": {},
     "yolo_nms": {},
     "text_classifier": {},
+    "image_classifier": {},
 }
 
 
