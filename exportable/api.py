@@ -18,12 +18,15 @@ from typing import Callable, Iterable
 import numpy as np
 
 from . import __version__, graph, parity, registry, runtime, vectors
+from . import optimize as optimizer  # not `optimize`: export_recipe's flag has that name
 from .errors import CheckError, ExportableError, InputError, ParityError
 from .exporters import onnx as onnx_exporter
 from .recipe import FORMATS, Case, Recipe
 from .report import Report, Stage
 
 MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.pt"}
+# Written by --optimize / --quantize int8 beside model.onnx, verified in the same export (issue 10).
+VARIANT_FILES = {"onnx.optimized": optimizer.OPTIMIZED_FILE, "onnx.int8": optimizer.INT8_FILE}
 DEFAULT_OPSET = 18
 
 
@@ -119,12 +122,16 @@ def publish(tmp: Path, out: Path) -> None:
 
 def export_recipe(name: str, out: str | Path | None = None, formats=None, opset: int = DEFAULT_OPSET,
                   allow_mismatch: bool = False, progress: Callable[[str], None] = _silent,
+                  optimize: bool = False, quantize: str | None = None, threads: int | None = None,
                   **options) -> ExportResult:
     """Export recipe `name` to `out` (default artifacts/<name>) and prove it against the original.
 
     Raises ParityError (after writing nothing) when the artifact does not match, unless
     `allow_mismatch` is set, in which case the artifact is written with the failing table.
+    `optimize` / `quantize="int8"` also write model.optimized.onnx / model.int8.onnx, each
+    verified against the original like the artifact (exportable.optimize.export_stages).
     """
+    post = _post_stages(optimize, quantize, threads)
     recipe_cls = registry.get(name)
     fmts = parse_formats(formats, recipe_cls)
     check_opset(opset)
@@ -133,7 +140,7 @@ def export_recipe(name: str, out: str | Path | None = None, formats=None, opset:
     fmts = parse_formats(fmts, recipe)  # options may narrow the formats (an instance's `formats`)
     tmp = prepare_out(out)
     try:
-        report = _run_stages(recipe, fmts, opset, tmp, progress)
+        report = _run_stages(recipe, fmts, opset, tmp, progress, post)
         failed = {fmt: rs for fmt, rs in report.parity.items() if not all(r.passed for r in rs)}
         if failed and not allow_mismatch:
             fmt, results = next(iter(failed.items()))
@@ -145,7 +152,16 @@ def export_recipe(name: str, out: str | Path | None = None, formats=None, opset:
     return ExportResult(out, report)
 
 
-def _run_stages(recipe: Recipe, fmts: list[str], opset: int, folder: Path, progress) -> Report:
+def _post_stages(optimize: bool, quantize: str | None, threads: int | None) -> dict | None:
+    """Options of the optimize/quantize stages after verification (issue 10), checked up front."""
+    if quantize is not None and quantize not in optimizer.QUANTIZE_CHOICES:
+        raise InputError(f"--quantize {quantize!r}: choose from {', '.join(optimizer.QUANTIZE_CHOICES)}")
+    if threads is not None and threads < 1:
+        raise InputError(f"--threads {threads}: must be >= 1")
+    return {"quantize": quantize, "threads": threads} if optimize or quantize else None
+
+
+def _run_stages(recipe: Recipe, fmts: list[str], opset: int, folder: Path, progress, post=None) -> Report:
     report = Report(recipe.name, recipe.describe()["options"], recipe.original_pipeline, {},
                     tolerances={k: t.as_dict() for k, t in recipe.tolerances().items()})
     with _stage(report, "build", progress) as st:
@@ -166,6 +182,10 @@ def _run_stages(recipe: Recipe, fmts: list[str], opset: int, folder: Path, progr
             results = verify_cases(models[fmt], recipe, fmt, cases, expected)
             report.parity[fmt] = results
             st.status = "ok" if all(r.passed for r in results) else "failed"
+    if post is not None:  # --optimize / --quantize: extra files, each parity-gated (exportable/optimize.py)
+        optimizer.export_stages(recipe, folder, report, cases, expected, quantize=post["quantize"],
+                                threads=post["threads"], stage=lambda name: _stage(report, name, progress),
+                                progress=progress)
     with _stage(report, "write", progress):
         _write_vectors(recipe, fmts, folder, cases, expected, models)
         report.files = {p.name: f"{p.stat().st_size} bytes" for p in folder.iterdir() if p.is_file()}
@@ -278,9 +298,10 @@ def load_artifact(path: str | Path, fmt: str = "onnx", threads: int | None = Non
     """A runner for an artifact folder (or a model file): `runner.run({name: array})`."""
     path = Path(path)
     if path.is_dir():
-        path = path / MODEL_FILES.get(fmt, "")
-        if fmt not in MODEL_FILES:
-            raise InputError(f"unknown format {fmt!r}; choose from: {', '.join(MODEL_FILES)}")
+        files = {**MODEL_FILES, **VARIANT_FILES}
+        if fmt not in files:
+            raise InputError(f"unknown format {fmt!r}; choose from: {', '.join(files)}")
+        path = path / files[fmt]
     return runtime.load(path, threads)
 
 

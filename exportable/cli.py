@@ -28,7 +28,7 @@ class _Parser(argparse.ArgumentParser):
 def _base_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m exportable", description="Export models to verified single-file artifacts.")
     p.add_argument("--version", action="version", version=f"exportable {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="{list,recipe,verify,inspect}", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", metavar="{list,recipe,verify,inspect,bench}", parser_class=_Parser)
     sub.required = True
     sub.add_parser("list", help="list the registered recipes")
     r = sub.add_parser("recipe", help="export a recipe and verify it against the original",
@@ -39,13 +39,47 @@ def _base_parser() -> argparse.ArgumentParser:
     r.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")
     r.add_argument("--allow-mismatch", action="store_true",
                    help="keep the artifact even if parity fails (the report shows the failure)")
+    # issue 10 (exportable/optimize.py): extra model files, each verified against the original
+    r.add_argument("--optimize", action="store_true",
+                   help="also write model.optimized.onnx (fused attention/layernorm/gelu, fp32, same tolerance)")
+    r.add_argument("--quantize", choices=("int8",), default=None,
+                   help="also write model.int8.onnx (dynamic int8, cosine >= 0.99 per row; implies --optimize)")
+    r.add_argument("--threads", type=int, default=None,
+                   help="ONNX Runtime threads for the optimize/quantize stages (default: the CPUs this "
+                        "container may use, from its cgroup quota and affinity)")
     v = sub.add_parser("verify", help="replay an artifact's test vectors against its model files")
     v.add_argument("folder", type=Path)
     v.add_argument("--format", default=None, help="only these formats (default: all present)")
     i = sub.add_parser("inspect", help="show an ONNX file's inputs, outputs, opset, custom ops, metadata")
     i.add_argument("model", type=Path)
     i.add_argument("--json", action="store_true", help="print JSON")
+    _bench_parser(sub)
     return p
+
+
+def _bench_parser(sub) -> None:
+    b = sub.add_parser("bench", help="time the original pipeline and every artifact variant side by side",
+                       description="Recipe options (e.g. --model, --inputs) are accepted too. Writes bench.json "
+                                   "and bench.png; see docs/performance.md.")
+    b.add_argument("name")
+    b.add_argument("--out", type=Path, help="folder for bench.json, bench.png and built models "
+                                            "(default artifacts/bench/NAME)")
+    b.add_argument("--artifact", type=Path, help="use the model files in this folder (model.onnx, model.pt, "
+                                                 "model.optimized.onnx, model.int8.onnx) instead of building them")
+    b.add_argument("--batch-sizes", default="1,8,32", help="comma-separated (default 1,8,32)")
+    b.add_argument("--lengths", default="short,long",
+                   help="short (16 tokens), long (128 tokens), mixed (the varied corpus); default short,long")
+    b.add_argument("--variants", default=None, help="comma-separated subset of: original, torchscript, onnx, "
+                                                    "onnx-optimized, onnx-int8, onnx-ids-optimized, onnx-fp16")
+    b.add_argument("--threads", type=int, default=None,
+                   help="threads for torch and ONNX Runtime (default: the CPUs this container may use, "
+                        "from its cgroup quota and affinity, not the host's core count)")
+    b.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cuda: CUDA execution provider with IO binding + an fp16 variant (falls back to cpu "
+                        "with a message when onnxruntime has no CUDA)")
+    b.add_argument("--seconds", type=float, default=8.0, help="timing budget per input shape (default 8)")
+    b.add_argument("--quick", action="store_true", help="smoke mode: tiny calibration, few calls per variant")
+    b.add_argument("--opset", type=int, default=None, help="ONNX opset for the models bench builds (default 18)")
 
 
 def _recipe_options(name: str, argv: list[str]) -> tuple[dict, list[str]]:
@@ -71,7 +105,8 @@ def _recipe_help(name: str) -> str:
         extra = f" (choices: {', '.join(map(str, opt.choices))})" if opt.choices else ""
         default = f" [default {opt.default}]" if opt.default is not None else ""
         lines.append(f"  {opt.flag:<18} {opt.help}{extra}{default}")
-    lines.append("common: --format onnx,torchscript  --out DIR  --opset N  --allow-mismatch")
+    lines.append("common: --format onnx,torchscript  --out DIR  --opset N  --allow-mismatch  --optimize  "
+                 "--quantize int8  --threads N")
     return "\n".join(lines)
 
 
@@ -98,12 +133,43 @@ def cmd_recipe(args, extra: list[str]) -> int:
     say = _progress(time.perf_counter())
     result = api.export_recipe(args.name, out=args.out, formats=args.format,
                                opset=args.opset or api.DEFAULT_OPSET, allow_mismatch=args.allow_mismatch,
-                               progress=say, **options)
+                               progress=say, optimize=args.optimize, quantize=args.quantize,
+                               threads=args.threads, **options)
     for fmt, results in result.report.parity.items():
         print(format_table(results, f"{fmt} artifact vs {result.report.original}:"))
     verdict = "PASSED" if result.passed else "FAILED (kept because of --allow-mismatch)"
     print(f"parity {verdict}; wrote {result.out}/ ({', '.join(sorted(result.report.files))}, vectors/)")
     return 0 if result.passed else 1
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise InputError(f"{flag} {text!r}: expected comma-separated integers, e.g. 1,8,32") from None
+    if not values or min(values) < 1:
+        raise InputError(f"{flag} {text!r}: expected positive integers, e.g. 1,8,32")
+    return values
+
+
+def cmd_bench(args, extra: list[str]) -> int:
+    from . import api, bench
+
+    options, rest = _recipe_options(args.name, extra)
+    if rest:
+        raise InputError(f"unknown option {rest[0]!r} for bench {args.name}; see `python -m exportable bench --help`")
+    result = bench.run_bench(
+        args.name, out=args.out, artifact=args.artifact, batches=_int_list(args.batch_sizes, "--batch-sizes"),
+        lengths=[x.strip() for x in args.lengths.split(",") if x.strip()],
+        variants=[x.strip() for x in args.variants.split(",") if x.strip()] if args.variants else None,
+        threads=args.threads, device=args.device, seconds=args.seconds, quick=args.quick,
+        opset=args.opset or api.DEFAULT_OPSET, progress=_progress(time.perf_counter()), **options)
+    print(result.table)
+    print(f"wrote {result.json_path}" + (f" and {result.png_path}" if result.png_path else ""))
+    failed = [n for n, v in result.data["variants"].items() if v["status"] == "failed"]
+    if failed:
+        print(f"parity FAILED for {', '.join(failed)} (not timed)")
+    return 1 if failed else 0
 
 
 def cmd_verify(args) -> int:
@@ -149,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         args, extra = parser.parse_known_args(argv)
         if args.command == "recipe":
             return cmd_recipe(args, extra)
+        if args.command == "bench":
+            return cmd_bench(args, extra)
         if extra:
             raise InputError(f"unrecognized arguments: {' '.join(extra)}; see `python -m exportable --help`")
         return {"list": cmd_list, "verify": cmd_verify, "inspect": cmd_inspect}[args.command](args)

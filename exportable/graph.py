@@ -197,3 +197,66 @@ def describe_values(values: Iterable[onnx.ValueInfoProto]) -> list[dict]:
         out.append({"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name
                     if t.elem_type != onnx.TensorProto.STRING else "string", "shape": dims})
     return out
+
+
+def guard_empty_batch(model: onnx.ModelProto, prefix: str = "exportable_empty_batch") -> bool:
+    """Run an empty batch as one blank row (zeros, or "" for strings) and cut the outputs back to
+    zero rows. Some kernels die on a zero-size batch instead of returning nothing: ONNX Runtime's
+    Einsum and its int8 kernels end the process with SIGFPE (measured: model.int8.onnx of
+    sentence_bert on text [0]), a Reshape to [0, -1, 32] is ambiguous. With one row they never
+    see it. Every input whose dim 0 is not fixed is a batch input (all get padded alike);
+    outputs whose dim 0 is not fixed are sliced to [:0] only when the batch is empty, and their
+    other dynamic dims (a sequence) too, as a real empty batch pads to width 0. Returns False
+    (graph untouched) when no input has a dynamic dim 0."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    g = model.graph
+    init_names = {i.name for i in g.initializer}
+    batch_inputs = [i for i in g.input if i.name not in init_names and i.type.tensor_type.shape.dim
+                    and not i.type.tensor_type.shape.dim[0].HasField("dim_value")]
+    if not batch_inputs:
+        return False
+    p = prefix
+    consts = {f"{p}/one": np.array([1], np.int64), f"{p}/zero": np.array([0], np.int64),
+              f"{p}/all": np.array([2**62], np.int64), f"{p}/rest_start": np.array([1], np.int64)}
+    front = [helper.make_node("Shape", [batch_inputs[0].name], [f"{p}/rows"], end=1),
+             helper.make_node("Equal", [f"{p}/rows", f"{p}/zero"], [f"{p}/is_empty"]),
+             helper.make_node("Where", [f"{p}/is_empty", f"{p}/zero", f"{p}/all"], [f"{p}/end"]),
+             helper.make_node("Max", [f"{p}/rows", f"{p}/one"], [f"{p}/kept"])]
+    for value in batch_inputs:
+        x, q = value.name, f"{p}/{value.name}"
+        inner = f"{x}/exportable_nonempty"
+        for node in g.node:
+            node.input[:] = [inner if i == x else i for i in node.input]
+        elem = value.type.tensor_type.elem_type
+        front += [helper.make_node("Shape", [x], [f"{q}/shape"]),
+                  helper.make_node("Slice", [f"{q}/shape", f"{p}/rest_start", f"{p}/all"], [f"{q}/rest"]),
+                  helper.make_node("Concat", [f"{p}/one", f"{q}/rest"], [f"{q}/row_shape"], axis=0)]
+        if elem == onnx.TensorProto.STRING:
+            consts[f"{q}/blank"] = np.array("", dtype=object)
+            front.append(helper.make_node("Expand", [f"{q}/blank", f"{q}/row_shape"], [f"{q}/pad"]))
+        else:
+            zero = helper.make_tensor("value", elem, [1], [0])
+            front.append(helper.make_node("ConstantOfShape", [f"{q}/row_shape"], [f"{q}/pad"], value=zero))
+        front += [helper.make_node("Concat", [x, f"{q}/pad"], [f"{q}/padded"], axis=0),
+                  helper.make_node("Slice", [f"{q}/padded", f"{p}/zero", f"{p}/kept"], [inner])]
+    back = []
+    for out in g.output:
+        dims = out.type.tensor_type.shape.dim
+        if not dims or dims[0].HasField("dim_value"):
+            continue
+        raw, q = f"{out.name}/exportable_raw", f"{p}/{out.name}"
+        for node in g.node:
+            node.output[:] = [raw if o == out.name else o for o in node.output]
+            node.input[:] = [raw if i == out.name else i for i in node.input]
+        axes = [0] + [i for i, d in enumerate(dims) if i and not d.HasField("dim_value")]
+        consts.update({f"{q}/axes": np.array(axes, np.int64), f"{q}/starts": np.zeros(len(axes), np.int64),
+                       f"{q}/n": np.array([len(axes)], np.int64)})
+        back += [helper.make_node("Tile", [f"{p}/end", f"{q}/n"], [f"{q}/ends"]),
+                 helper.make_node("Slice", [raw, f"{q}/starts", f"{q}/ends", f"{q}/axes"], [out.name])]
+    g.initializer.extend(numpy_helper.from_array(v, k) for k, v in consts.items())
+    nodes = front + list(g.node) + back
+    del g.node[:]
+    g.node.extend(nodes)
+    return True

@@ -33,19 +33,37 @@ ORT_TYPES = {
 }
 
 
-def available_cpus() -> int:
+def available_cpus(cgroup_root: str | Path = "/sys/fs/cgroup") -> int:
     """CPUs this process may really use: the cgroup quota and affinity, not the host's count.
 
-    Oversubscribed intra-op threads in a CPU-limited container slow inference down.
+    Oversubscribed intra-op threads in a CPU-limited container slow inference down: ONNX
+    Runtime and torch size their pools from the host's core count, which a container with
+    `--cpus 2` on a 64-core host does not have. A fractional quota rounds down (at least 1).
     """
     count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:  # cgroup v2: "max 100000" or "200000 100000"
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            count = min(count, max(1, int(int(quota) // int(period))))
+    quota = _cgroup_quota(Path(cgroup_root))
+    if quota is not None:
+        count = min(count, max(1, int(quota)))
+    return max(1, count)
+
+
+def _cgroup_quota(root: Path) -> float | None:
+    """CPUs allowed by the cgroup, or None when unlimited or unknown.
+    v2: cpu.max = "max 100000" | "200000 100000"; v1: cpu/cpu.cfs_quota_us (-1 = unlimited)
+    over cpu/cpu.cfs_period_us."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
     except (OSError, ValueError):
         pass
-    return max(1, count)
+    for folder in (root / "cpu", root / "cpu,cpuacct", root):
+        try:
+            quota = int((folder / "cpu.cfs_quota_us").read_text())
+            period = int((folder / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
+        return None if quota <= 0 or period <= 0 else quota / period
+    return None
 
 
 def extensions_library() -> str:

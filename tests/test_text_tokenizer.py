@@ -330,3 +330,42 @@ def test_missing_folder_is_refused_as_an_input_error(tmp_path):
     with pytest.raises(ValueError, match="not a folder") as info:
         TokenizerSettings.from_pretrained(tmp_path / "nope")
     assert isinstance(info.value, InputError)  # the CLI prints one line and exits 2
+
+
+# --- the character-table stage on its own ----------------------------------------------------------
+
+def _char_table_runner(table):
+    from onnx import TensorProto, helper
+
+    from exportable.text.char_graph import apply_char_table
+    from exportable.text.graph_builder import GraphBuilder
+
+    b = GraphBuilder(17)
+    out = apply_char_table(b, "text", table)
+    model = b.model("chars", [helper.make_tensor_value_info("text", TensorProto.STRING, ["n"])],
+                    [helper.make_tensor_value_info(out, TensorProto.STRING, ["n"])])
+    so = ort.SessionOptions()
+    so.register_custom_ops_library(onnxruntime_extensions.get_library_path())
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return lambda texts: [str(s) for s in sess.run(None, {"text": np.array(texts, dtype=object)})[0]]
+
+
+def test_char_table_stage_equals_the_table_on_the_corpus(corpus):
+    table = char_table(lowercase=True, strip_accents=None, handle_chinese_chars=True, clean_text=True)
+    texts = [t.replace("\x00", "\x01") for t in corpus]  # the graph swaps NUL before this stage
+    run = _char_table_runner(table)
+    got = run(texts)
+    assert [i for i, (g, t) in enumerate(zip(got, texts)) if g != table.apply(t)] == []
+
+
+@pytest.mark.parametrize("space_dropped", [False, True])
+def test_char_table_stage_on_a_table_whose_outputs_hold_drop_characters(space_dropped):
+    # ' ' and '\x02' are dropped, yet the space pass and the mapping emit them: the drop pass
+    # must then run first, and the lookup's own drop marks must still go.
+    from exportable.text.normalize import CharTable
+
+    drop = ((0x01, 0x02), (0x7F, 0x7F), (0x200B, 0x200D), (0xE000, 0xF8FF)) + (((0x20, 0x20),) if space_dropped else ())
+    table = CharTable(drop=tuple(sorted(drop)), space=((0x09, 0x0A), (0xA0, 0xA0)),
+                      isolate=((0x21, 0x21), (0x4E00, 0x9FFF)), mapping={"A": "a", "É": "e\x02", "ﬁ": "f i"})
+    texts = ["A b\u200bc\x7fd", "É!中\ue000x", "\tﬁ\xa0 \x01", "", "plain ascii", "\u200c\u200d\x02"]
+    assert _char_table_runner(table)(texts) == [table.apply(t) for t in texts]

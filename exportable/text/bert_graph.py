@@ -9,8 +9,8 @@ Stages, in graph order (each value is prefixed with its stage name):
   nul        NUL -> \\x01; ortx ops read strings as C strings, so "a\\x00b" would reach them as
              "a". Both are dropped by clean_text; \\x01 still blocks an added-token match across it
   added      split out added tokens ([CLS], [SEP], ...) verbatim, as HF does before normalising
-  normalize  the per-character table F (normalize.py): regex passes drop, space and isolate,
-             then split / StringMapping / join for the remaining mapped characters
+  normalize  the per-character table F (normalize.py, char_graph.py): regex passes for
+             whitespace and long ranges, split / StringMapping / join for the other characters
   wordpiece  split on ' ', ortx WordpieceTokenizer per word, piece -> id (ai.onnx.ml LabelEncoder:
              the op emits strings, not ids), unknown words collapsed to one [UNK] (wordpiece.py);
              added tokens skip normalisation and pass as one word
@@ -110,9 +110,11 @@ def _split_added(b: GraphBuilder, texts: str, settings: TokenizerSettings) -> tu
     # RE2 alternation is leftmost-first; longest-first ordering gives HF's leftmost-longest match.
     tokens = sorted(settings.added_tokens, key=lambda t: (-len(t), t))
     alternation = "|".join(_re2_literal(t) for t in tokens)
+    # Every delimiter is an added token, so keep them all: "(?s).+" compiles faster than the
+    # alternation again (the op compiles both patterns on every run).
     segments, _, _, splits = b.op(
         "StringRegexSplitWithOffsets",
-        [texts, b.const("added/pattern", f"({alternation})"), b.const("added/keep", alternation)],
+        [texts, b.const("added/pattern", f"({alternation})"), b.const("added/keep", "(?s).+")],
         ["added/runs", "added/begins", "added/ends", "added/splits"], domain=CONTRIB, types=SPLIT_TYPES)
     segments = b.op("Concat", [segments, b.const("added/dummy", [""])], "added/segments", axis=0)
     return segments, splits

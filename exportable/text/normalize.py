@@ -38,11 +38,11 @@ Ranges = tuple[tuple[int, int], ...]
 
 @dataclass(frozen=True)
 class CharTable:
-    """F split by how the graph applies it.
+    """F split by kind (char_graph.py picks a regex pass or the lookup table for each).
 
-    drop: inclusive code-point ranges with F(c) == '' (removed by one regex pass).
-    space: ranges with F(c) == ' ' (whitespace: one regex pass).
-    isolate: ranges with F(c) == ' c ' (punctuation and CJK ideographs: one regex pass).
+    drop: inclusive code-point ranges with F(c) == ''.
+    space: ranges with F(c) == ' ' (whitespace).
+    isolate: ranges with F(c) == ' c ' (punctuation and CJK ideographs).
     mapping: every other character whose F differs from itself (split, look up, join). Keys and
         values never hold a tab or newline, which the StringMapping op uses as its separators.
     """

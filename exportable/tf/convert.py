@@ -18,7 +18,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import CheckError, ExportError
-from ..graph import TWO_GB, custom_domains, set_metadata
+from ..graph import TWO_GB, custom_domains, guard_empty_batch, set_metadata
 from .deps import check_extensions_in_process, import_tf2onnx, ort_session, versions
 from .handlers import (RAGGED_OPS, erfc_handler, ragged_handler, rewrite_char_chains, rewrite_regex_patterns,
                        wordpiece_handler)
@@ -35,12 +35,11 @@ def convert_savedmodel(saved_model_dir, opset: int = 17, signature: str = SIGNAT
     """Convert `signature` of the SavedModel at `saved_model_dir`: one string input [batch]."""
     path = Path(saved_model_dir)
     info = signature_info(path, signature)  # InputError unless a SavedModel with one string input
-    text_input = info.text_input
     graph_def, inputs, outputs, tables, renames = _load(path, signature, tag)
     model = _convert(graph_def, inputs, outputs, tables, renames, opset, name=path.name)
     _tidy(model, info)
     _guard_empty_segment_counts(model)
-    _guard_empty_batch(model, text_input)
+    guard_empty_batch(model)  # kernels that die on zero rows: Einsum (SIGFPE), Reshape [0, -1, 32]
     set_metadata(model, {"exportable.converter": "tf2onnx + exportable.tf handlers",
                          "exportable.source": f"SavedModel {path.name}, signature {signature}",
                          "exportable.custom_op_domains": custom_domains(model),
@@ -95,7 +94,7 @@ def _handlers(tables: dict) -> dict:
 def _optimizers():
     """tf2onnx's optimizers less the Einsum one, which spends ~1 s per einsum (4 s of a 20 s
     conversion of the default model) searching for a decomposition. ONNX Runtime runs Einsum
-    itself (it dies with SIGFPE on a zero-size dimension, which _guard_empty_batch rules out for
+    itself (it dies with SIGFPE on a zero-size dimension, which guard_empty_batch rules out for
     the batch; its decomposition fails on one too: "cannot reshape {0,2,64,1,32} to {0,-1,32}")."""
     from tf2onnx import optimizer
 
@@ -184,48 +183,6 @@ def _set_dims(value: onnx.ValueInfoProto, dims: list) -> None:
             dim.dim_param = d
 
 
-def _guard_empty_batch(model: onnx.ModelProto, text_input: str) -> None:
-    """Run an empty batch as one "" row and return its outputs cut to zero rows.
-
-    Kernels fail on a zero-size batch: ONNX Runtime's Einsum dies with SIGFPE (Keras attention is
-    einsum), a Reshape to [0, -1, 32] is ambiguous, ReduceMax over nothing gives INT64_MIN. With
-    one row they never see it. Outputs whose dim 0 is not fixed are sliced to [:0] only when the
-    batch is empty (a no-op otherwise), so non-batch outputs are untouched for real batches.
-    Their other dynamic dims (a sequence) are cut to 0 as well: TF pads an empty batch to width 0,
-    so its input_ids are [0, 0], not the [0, 2] of the blank row."""
-    g = model.graph
-    inner = f"{text_input}/exportable_nonempty"
-    _rename_uses(g, text_input, inner)
-    p = "exportable_empty_batch"
-    consts = {f"{p}/one": [1], f"{p}/zero": [0], f"{p}/all": [2**62], f"{p}/blank": np.array([""], dtype=object)}
-    g.initializer.extend(numpy_helper.from_array(np.array(v), k) for k, v in consts.items())
-    front = [
-        helper.make_node("Shape", [text_input], [f"{p}/rows"]),
-        helper.make_node("Equal", [f"{p}/rows", f"{p}/zero"], [f"{p}/is_empty"]),
-        helper.make_node("Where", [f"{p}/is_empty", f"{p}/zero", f"{p}/all"], [f"{p}/end"]),
-        helper.make_node("Concat", [text_input, f"{p}/blank"], [f"{p}/padded"], axis=0),
-        helper.make_node("Max", [f"{p}/rows", f"{p}/one"], [f"{p}/kept"]),
-        helper.make_node("Slice", [f"{p}/padded", f"{p}/zero", f"{p}/kept"], [inner]),
-    ]
-    back = []
-    for out in g.output:
-        dims = out.type.tensor_type.shape.dim
-        if not dims or dims[0].HasField("dim_value"):
-            continue
-        raw = f"{out.name}/exportable_raw"
-        _rename_uses(g, out.name, raw, outputs=True)
-        axes = [0] + [i for i, d in enumerate(dims) if i and not d.HasField("dim_value")]
-        q = f"{out.name}/exportable_cut"
-        g.initializer.extend([numpy_helper.from_array(np.array(axes, np.int64), f"{q}/axes"),
-                              numpy_helper.from_array(np.zeros(len(axes), np.int64), f"{q}/starts"),
-                              numpy_helper.from_array(np.array([len(axes)], np.int64), f"{q}/n")])
-        back.append(helper.make_node("Tile", [f"{p}/end", f"{q}/n"], [f"{q}/ends"]))
-        back.append(helper.make_node("Slice", [raw, f"{q}/starts", f"{q}/ends", f"{q}/axes"], [out.name]))
-    nodes = front + list(g.node) + back
-    del g.node[:]
-    g.node.extend(nodes)
-
-
 def _guard_empty_segment_counts(model: onnx.ModelProto) -> None:
     """tf2onnx's Segment*/UnsortedSegment* conversion sizes its index grid with ReduceMax over the
     segment counts (Unique's 4th output). With no tokens at all (a batch of "" through a tokenizer
@@ -251,14 +208,6 @@ def _guard_empty_segment_counts(model: onnx.ModelProto) -> None:
                                           [f"{node.output[3]}/exportable_with_zero"], axis=0))
     del g.node[:]
     g.node.extend(nodes)
-
-
-def _rename_uses(g: onnx.GraphProto, old: str, new: str, outputs: bool = False) -> None:
-    """Point every node input (and, with outputs=True, the producing node's output) at `new`."""
-    for node in g.node:
-        node.input[:] = [new if i == old else i for i in node.input]
-        if outputs:
-            node.output[:] = [new if o == old else o for o in node.output]
 
 
 def _check(model: onnx.ModelProto) -> None:

@@ -23,6 +23,8 @@ def import_tf():
     """(tensorflow, tensorflow_text), or MissingDependency naming the extra."""
     _load_extensions_before_tf()
     already = "tensorflow" in sys.modules
+    if not already:
+        _import_triton_before_tf()
     # TF prints a screenful of C++ start-up logs (CUDA probing, oneDNN notices) otherwise.
     quiet = "TF_CPP_MIN_LOG_LEVEL" not in os.environ
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -83,6 +85,19 @@ def versions() -> dict[str, str]:
 
 
 _EXTENSIONS_HANDLE = None
+
+
+def _import_triton_before_tf() -> None:
+    """torch.export / dynamo imports triton (torch ships it); imported after TensorFlow, triton's
+    first import dies with SIGSEGV (measured: a dynamo export after a SavedModel conversion in the
+    same process crashed in triton/knobs.py). Imported first, both work."""
+    import importlib.util
+
+    if "triton" not in sys.modules and importlib.util.find_spec("triton") is not None:
+        try:
+            import triton  # noqa: F401
+        except Exception:  # a broken triton only matters to torch's GPU paths
+            pass
 
 
 def _load_extensions_before_tf() -> None:

@@ -1,0 +1,805 @@
+"""Make an exported ONNX artifact faster, and prove it still answers as the original does.
+
+Two transforms, each a pure function on an `onnx.ModelProto`; the callers (api.py's optimize
+stages, bench.py) gate each result by parity before anyone times or ships it:
+
+- `fuse(model)`: transformer fusions for ONNX Runtime's CPU/CUDA kernels. Our capture is
+  torch.onnx *dynamo*, which writes SDPA attention in its own decomposed form
+  (MatMul/Mul/Add/Softmax/IsNaN/Where); ONNX Runtime's `onnxruntime.transformers` optimizer
+  only knows the legacy exporter's patterns and fuses no attention there. onnxscript's
+  `ort_fusions` are written for the dynamo graph: on all-MiniLM-L6-v2 they fuse 6 Attention,
+  12 SkipLayerNormalization and 6 BiasGelu (com.microsoft ops), 321 -> ~90 nodes, fp32 exact
+  to ~2e-7. We then fold the packed QKV weight (a Concat of three initializers) into one
+  initializer, so the file holds what the kernel reads.
+- `quantize_int8(model, feeds)`: dynamic int8 (u8 activations per tensor, s8 weights per
+  output channel) for MatMul and the fused Attention (-> QAttention), accuracy-aware: every
+  candidate node's quantization error is *measured* on the calibration feeds, and nodes are
+  kept in fp32, most sensitive first, until the minimum per-row cosine against fp32 reaches
+  the target. See docs/performance.md for the measurements behind the defaults.
+"""
+
+from __future__ import annotations
+
+import collections
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from .errors import ExportError, MissingDependency
+
+# Fused com.microsoft ops we count (and test for): what a transformer graph should turn into.
+FUSED_OPS = ("Attention", "MultiHeadAttention", "QAttention", "SkipLayerNormalization", "EmbedLayerNormalization",
+             "BiasGelu", "FastGelu", "Gelu", "DynamicQuantizeMatMul", "MatMulIntegerToFloat")
+MS_DOMAIN = "com.microsoft"
+
+
+def fused_op_counts(model) -> dict[str, int]:
+    """com.microsoft ops in the graph, by type (only the ones that are present)."""
+    counts = collections.Counter(n.op_type for n in model.graph.node if n.domain == MS_DOMAIN and n.op_type in FUSED_OPS)
+    return dict(sorted(counts.items()))
+
+
+@dataclass
+class Transformed:
+    """A transformed model and what was done to it (recorded in report.json and metadata)."""
+
+    model: object  # onnx.ModelProto
+    detail: dict = field(default_factory=dict)
+
+
+# --- fusion ---------------------------------------------------------------------------------
+
+def fuse(model) -> Transformed:
+    """Fuse attention, skip-layernorm, bias-gelu... for ONNX Runtime. Returns a new model.
+
+    Metadata, graph inputs/outputs and the tokenizer nodes in front (custom domains) are kept."""
+    import onnx
+    import onnx_ir as ir
+
+    try:
+        from onnxscript.rewriter.ort_fusions import optimize_for_ort
+    except ImportError as exc:  # pinned in pyproject; only a broken environment lands here
+        raise MissingDependency("graph fusion needs onnxscript (pip install onnxscript==0.7.2)") from exc
+    start = time.perf_counter()
+    before = len(model.graph.node)
+    ir_model = ir.from_proto(model)
+    try:
+        ir_model, rule_counts = optimize_for_ort(ir_model)
+    except Exception as exc:
+        raise ExportError(f"graph fusion failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from exc
+    fused = ir.to_proto(ir_model)
+    folded = fold_constant_concats(fused)
+    unnamed = drop_unused_outputs(fused)
+    fired = fused_op_counts(fused)
+    split = split_skip_layernorm(fused)
+    onnx.checker.check_model(fused)
+    return Transformed(fused, {
+        "method": "onnxscript.rewriter.ort_fusions.optimize_for_ort",
+        "nodes_before": before, "nodes_after": len(fused.graph.node),
+        "fused_ops": fired, "ops_after": fused_op_counts(fused),
+        "rules": {k: v for k, v in rule_counts.items() if v},
+        "folded_initializers": folded, "dropped_unused_outputs": unnamed, "skip_layernorm_split": split,
+        "seconds": round(time.perf_counter() - start, 2),
+    })
+
+
+def fold_constant_concats(model) -> int:
+    """Replace Concat nodes whose inputs are all initializers by one initializer (the packed
+    QKV weights of fused Attention). ONNX Runtime would fold them at every session start."""
+    from onnx import numpy_helper
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    users = collections.Counter(name for n in graph.node for name in n.input)
+    folded, keep, dropped = 0, [], set()
+    for node in graph.node:
+        if node.op_type == "Concat" and node.domain == "" and node.input and all(i in inits for i in node.input):
+            axis = next(a.i for a in node.attribute if a.name == "axis")
+            value = np.concatenate([numpy_helper.to_array(inits[i]) for i in node.input], axis=axis)
+            graph.initializer.append(numpy_helper.from_array(value, node.output[0]))
+            for name in node.input:
+                users[name] -= 1
+                dropped.add(name)
+            folded += 1
+            continue
+        keep.append(node)
+    del graph.node[:]
+    graph.node.extend(keep)
+    # Drop only the folded pieces nothing else reads (subgraphs name outer values in attributes,
+    # so an initializer that was never a Concat input is left alone).
+    graph_outputs = {o.name for o in graph.output} | _subgraph_reads(graph)
+    for init in [i for i in graph.initializer if i.name in dropped and users[i.name] <= 0
+                 and i.name not in graph_outputs]:
+        graph.initializer.remove(init)
+    return folded
+
+
+def _subgraph_reads(graph) -> set[str]:
+    import onnx
+
+    names = set()
+    for node in graph.node:
+        for attr in node.attribute:
+            subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+            for sub in subs:
+                names |= {i for n in sub.node for i in n.input} | _subgraph_reads(sub)
+    return names
+
+
+# --- int8 -----------------------------------------------------------------------------------
+
+def _attr(node, name, default=None):
+    import onnx
+
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+@dataclass
+class Site:
+    """A GEMM with constant weights that int8 may take over: a MatMul, or the QKV projection
+    inside a fused Attention (which becomes QAttention)."""
+
+    node: str
+    kind: str  # "matmul" | "attention"
+    x: str  # the activation input
+    w: str  # the weight initializer [K, N]
+
+    def as_dict(self) -> dict:
+        return {"node": self.node, "kind": self.kind}
+
+
+def _ensure_names(model) -> None:
+    taken = {n.name for n in model.graph.node if n.name}
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{i}"
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)
+
+
+def _qattention_compatible(node, inits) -> bool:
+    inputs = list(node.input) + [""] * 7
+    sizes = _attr(node, "qkv_hidden_sizes")
+    return (not inputs[4] and not inputs[6] and len(node.output) == 1 and not _attr(node, "unidirectional", 0)
+            and not _attr(node, "do_rotary", 0) and bool(inputs[2]) and inputs[2] in inits
+            and (sizes is None or len(set(sizes)) == 1) and (bool(inputs[3]) != bool(inputs[5])))
+
+
+def find_sites(model) -> list[Site]:
+    """The GEMMs int8 can take: MatMul with a 2-D float initializer as B, and fused Attention."""
+    from onnx import TensorProto
+
+    inits = {i.name: i for i in model.graph.initializer}
+    sites = []
+    for node in model.graph.node:
+        w = inits.get(node.input[1]) if len(node.input) > 1 else None
+        if w is None or len(w.dims) != 2 or w.data_type != TensorProto.FLOAT:
+            continue
+        if node.op_type == "MatMul" and node.domain == "":
+            sites.append(Site(node.name, "matmul", node.input[0], node.input[1]))
+        elif node.op_type == "Attention" and node.domain == MS_DOMAIN and _qattention_compatible(node, inits):
+            sites.append(Site(node.name, "attention", node.input[0], node.input[1]))
+    return sites
+
+
+@dataclass
+class _Stats:
+    """Calibration activations of one GEMM input: per-channel |max| over everything seen, and
+    per batch the per-channel min/max (the dynamic range ORT computes per tensor) plus a sample
+    of rows to measure the quantization error on."""
+
+    absmax: np.ndarray | None = None
+    batches: list = field(default_factory=list)
+
+
+def _session(model, threads: int | None = None, extra_outputs: Sequence[str] = ()):
+    import onnx
+    import onnxruntime as ort
+
+    from . import graph as graph_mod
+    from .runtime import session_options
+
+    if extra_outputs:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        have = {o.name for o in copy.graph.output}
+        copy.graph.output.extend(onnx.helper.make_empty_tensor_value_info(x) for x in extra_outputs if x not in have)
+        model = copy
+    so = session_options(graph_mod.custom_domains(model), threads)
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def _calibrate(model, sites: Sequence[Site], feeds, threads=None, max_rows: int = 1024, seed: int = 0):
+    names = sorted({s.x for s in sites})
+    session = _session(model, threads, names)
+    stats = {x: _Stats() for x in names}
+    rng = np.random.default_rng(seed)
+    per_batch = max(16, max_rows // max(1, len(feeds)))
+    for feed in feeds:
+        for x, value in zip(names, session.run(names, feed)):
+            rows = value.reshape(-1, value.shape[-1]).astype(np.float32)
+            if not len(rows):
+                continue
+            st = stats[x]
+            peak = np.abs(rows).max(0)
+            st.absmax = peak if st.absmax is None else np.maximum(st.absmax, peak)
+            pick = rows[rng.choice(len(rows), min(per_batch, len(rows)), replace=False)]
+            st.batches.append((rows.min(0), rows.max(0), pick))
+    return stats
+
+
+def _quantize_weight(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 per output column (full range -127..127, zero point 0)."""
+    scale = np.abs(w).max(0) / 127.0
+    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+    return np.clip(np.round(w / scale), -127, 127).astype(np.int8), scale
+
+
+def _simulated_error(st: _Stats, w: np.ndarray, s: np.ndarray | None, rows_wise: bool = False) -> float:
+    """Mean relative error per row (per token) of x @ w when x is quantized as the kernel will
+    (per tensor: u8 with one scale from that batch's range, as DynamicQuantizeLinear; per row:
+    symmetric, one scale per token) and w per output column, after smoothing by s. Per row
+    matters: a short text batched with long ones is where per-tensor ranges hurt most."""
+    if s is not None:
+        w = w * s[:, None]
+    wq, ws = _quantize_weight(w)
+    wd = wq.astype(np.float32) * ws
+    errors = []
+    for lo, hi, rows in st.batches:
+        if s is not None:
+            rows, lo, hi = rows / s, lo / s, hi / s
+        if rows_wise:
+            scale = np.abs(rows).max(1, keepdims=True) / 127.0
+            scale = np.where(scale > 0, scale, 1.0)
+            xd = np.clip(np.round(rows / scale), -127, 127) * scale
+        else:
+            lo, hi = min(float(lo.min()), 0.0), max(float(hi.max()), 0.0)
+            scale = (hi - lo) / 255.0 or 1.0
+            zp = np.clip(np.round(-lo / scale), 0, 255)
+            xd = (np.clip(np.round(rows / scale) + zp, 0, 255) - zp) * scale
+        y = rows @ w
+        norm = np.linalg.norm(y, axis=1)
+        keep = norm > 0
+        errors.append(np.linalg.norm(y - xd @ wd, axis=1)[keep] / norm[keep])
+    errors = np.concatenate(errors) if errors else np.zeros(1)
+    return float(errors.mean()) if errors.size else 0.0
+
+
+def _smoothing(st: _Stats, w: np.ndarray, alpha: float) -> np.ndarray:
+    """SmoothQuant's per-input-channel factor: moves activation outliers into the weights."""
+    ax = np.maximum(st.absmax, 1e-5)
+    aw = np.maximum(np.abs(w).max(1), 1e-5)
+    s = ax ** alpha / aw ** (1 - alpha)
+    return (s / np.exp(np.log(s).mean())).astype(np.float32)  # geometric mean 1: weights keep their scale
+
+
+@dataclass
+class _Plan:
+    site: Site
+    error: float  # simulated mean relative error per token with the chosen scheme
+    error_plain: float  # ... per-tensor, no smoothing
+    rows: bool = False  # activations quantized per row (token) instead of per tensor
+    alpha: float | None = None
+    how: str | None = None  # "fold-v": into the producing Attention's V projection (free); "mul": a Mul node
+    s: np.ndarray | None = None
+
+    def as_dict(self) -> dict:
+        return {**self.site.as_dict(), "error": round(self.error, 5), "error_per_tensor_unsmoothed": round(self.error_plain, 5),
+                "activations": "per row" if self.rows else "per tensor",
+                "smoothing": None if self.alpha is None else {"alpha": self.alpha, "how": self.how}}
+
+
+def _fold_v_target(model, x: str):
+    """The fused Attention producing `x`, if its V projection can absorb a per-channel scale."""
+    inits = {i.name for i in model.graph.initializer}
+    producer = next((n for n in model.graph.node if x in n.output), None)
+    readers = [n for n in model.graph.node if x in n.input]
+    if (producer is None or producer.op_type != "Attention" or producer.domain != MS_DOMAIN or len(readers) != 1
+            or len(producer.input) < 3 or producer.input[1] not in inits or producer.input[2] not in inits):
+        return None
+    sizes = _attr(producer, "qkv_hidden_sizes")
+    if sizes is not None and len(set(sizes)) != 1:
+        return None
+    shared = sum(producer.input[1] in n.input or producer.input[2] in n.input for n in model.graph.node)
+    return producer if shared == 1 else None
+
+
+def _plan_site(model, site: Site, st: _Stats, w: np.ndarray, alphas: Sequence[float], min_gain: float,
+               row_gain: float) -> _Plan:
+    """Measure the site's error for each scheme and keep the cheapest that is clearly better:
+    per-row activations (a few extra passes) only if they cut the error by `row_gain`,
+    smoothing (maybe a Mul pass) only if it cuts it by `min_gain`."""
+    plain = _simulated_error(st, w, None)
+    plan = _Plan(site, plain, plain)
+    if st.absmax is None:
+        return plan
+    choices = [(False, None)] + [(False, a) for a in alphas]
+    if site.kind == "matmul":
+        choices += [(True, None)] + [(True, a) for a in alphas]
+    measured = {}
+    for rows, alpha in choices:
+        s = None if alpha is None else _smoothing(st, w, alpha)
+        measured[(rows, alpha)] = (_simulated_error(st, w, s, rows), s)
+
+    def best(rows):
+        options = {a: measured[(r, a)] for r, a in measured if r == rows}
+        alpha = min(options, key=lambda a: options[a][0])
+        if alpha is not None and options[alpha][0] > options[None][0] * (1 - min_gain):
+            alpha = None
+        return alpha, options[alpha]
+
+    alpha, (err, s) = best(False)
+    rows = False
+    if site.kind == "matmul":
+        r_alpha, (r_err, r_s) = best(True)
+        if r_err < err * (1 - row_gain):
+            rows, alpha, err, s = True, r_alpha, r_err, r_s
+    plan.rows, plan.alpha, plan.error, plan.s = rows, alpha, err, s
+    if alpha is not None:
+        plan.how = "fold-v" if _fold_v_target(model, site.x) is not None else "mul"
+    return plan
+
+
+def _mask_index_nodes(bias: str, prefix: str):
+    """[B, S] int32 key mask for QAttention from an additive bias [B, 1, S, S] that is 0 where a
+    key is kept (dynamo's SDPA mask: Where(mask, 0, -inf)); parity gates the assumption."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    consts = [numpy_helper.from_array(np.array(v, np.int64), f"{prefix}/{n}") for n, v in
+              (("starts", [0, 0]), ("ends", [1, 1]), ("axes", [1, 2]), ("squeeze", [1, 2]))]
+    consts.append(numpy_helper.from_array(np.array(0, np.float32), f"{prefix}/zero"))
+    nodes = [
+        helper.make_node("Slice", [bias, f"{prefix}/starts", f"{prefix}/ends", f"{prefix}/axes"], [f"{prefix}/row"],
+                         name=f"{prefix}/slice"),
+        helper.make_node("Squeeze", [f"{prefix}/row", f"{prefix}/squeeze"], [f"{prefix}/row2"], name=f"{prefix}/squeeze"),
+        helper.make_node("Equal", [f"{prefix}/row2", f"{prefix}/zero"], [f"{prefix}/keep"], name=f"{prefix}/equal"),
+        helper.make_node("Cast", [f"{prefix}/keep"], [f"{prefix}/mask_index"], name=f"{prefix}/cast",
+                         to=TensorProto.INT32),
+    ]
+    return nodes, consts, f"{prefix}/mask_index"
+
+
+def _build_int8(model, plans: Sequence[_Plan], excluded: set[str]):
+    """A copy of `model` with every planned site not in `excluded` in int8."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    graph = m.graph
+    inits = {i.name: i for i in graph.initializer}
+    arrays: dict[str, np.ndarray] = {}
+
+    def get(name):
+        if name not in arrays:
+            arrays[name] = numpy_helper.to_array(inits[name]).astype(np.float32)
+        return arrays[name]
+
+    active = [p for p in plans if p.site.node not in excluded]
+    inputs_of: dict[str, str] = {}
+    before: dict[str, list] = collections.defaultdict(list)
+    new_inits = []
+    # 1. smoothing, on fp32 weights. V folds first: they change an Attention's weights, which
+    #    may be a site itself (quantized after the fold) or stay fp32.
+    for p in active:
+        if p.alpha is not None and p.how == "fold-v":
+            att = _fold_v_target(m, p.site.x)
+            wa, ba = get(att.input[1]), get(att.input[2])
+            third = wa.shape[1] // 3
+            wa[:, 2 * third:] /= p.s
+            ba[2 * third:] /= p.s
+    weights = {}
+    for p in active:
+        w = get(p.site.w).copy()
+        x = p.site.x
+        if p.alpha is not None:
+            w *= p.s[:, None]
+            if p.how == "mul":
+                name = f"{p.site.node}/smooth"
+                new_inits.append(numpy_helper.from_array((1.0 / p.s).astype(np.float32), f"{name}/inv_s"))
+                before[p.site.node].append(helper.make_node("Mul", [x, f"{name}/inv_s"], [f"{name}/x"], name=name))
+                x = f"{name}/x"
+        weights[p.site.node] = w
+        inputs_of[p.site.node] = x
+    # 2. replace the sites
+    by_name = {p.site.node: p for p in active}
+    masks: dict[str, str] = {}
+    nodes = []
+    for node in graph.node:
+        plan = by_name.get(node.name)
+        if plan is None:
+            nodes.append(node)
+            continue
+        nodes.extend(before[node.name])
+        wq, ws = _quantize_weight(weights[node.name])
+        prefix = f"{node.name}/int8"
+        new_inits += [numpy_helper.from_array(wq, f"{prefix}/w"), numpy_helper.from_array(ws, f"{prefix}/w_scale")]
+        x = inputs_of[node.name]
+        if plan.site.kind == "matmul" and plan.rows:
+            extra, consts = _rowwise_matmul(x, f"{prefix}/w", f"{prefix}/w_scale", node.output[0], prefix,
+                                            wq.shape[0])
+            nodes.extend(extra)
+            new_inits.extend(consts)
+            continue
+        if plan.site.kind == "matmul":
+            nodes.append(helper.make_node("DynamicQuantizeMatMul", [x, f"{prefix}/w", f"{prefix}/w_scale"],
+                                          list(node.output), name=prefix, domain=MS_DOMAIN))
+            continue
+        inputs = list(node.input) + [""] * 7
+        mask = inputs[3]
+        if not mask:
+            if inputs[5] not in masks:
+                extra, consts, masks[inputs[5]] = _mask_index_nodes(inputs[5], f"{node.name}/mask")
+                nodes.extend(extra)
+                new_inits.extend(consts)
+            mask = masks[inputs[5]]
+        attrs = {"num_heads": _attr(node, "num_heads")}
+        for key in ("scale", "mask_filter_value"):
+            if _attr(node, key) is not None:
+                attrs[key] = _attr(node, key)
+        nodes.append(helper.make_node("DynamicQuantizeLinear", [x], [f"{prefix}/xq", f"{prefix}/xs", f"{prefix}/xzp"],
+                                      name=f"{prefix}/quantize"))
+        bias = inputs[2]
+        nodes.append(helper.make_node(
+            "QAttention", [f"{prefix}/xq", f"{prefix}/w", bias, f"{prefix}/xs", f"{prefix}/w_scale", mask,
+                           f"{prefix}/xzp"], list(node.output), name=prefix, domain=MS_DOMAIN, **attrs))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    for name, value in arrays.items():  # smoothed fp32 weights that stay (Attention kept in fp32, V folds)
+        inits[name].CopyFrom(numpy_helper.from_array(value.astype(np.float32), name))
+    graph.initializer.extend(new_inits)
+    _drop_unused_initializers(m)
+    return m
+
+
+def _rowwise_matmul(x: str, wq: str, ws: str, out: str, prefix: str, k: int):
+    """x @ w with x quantized per row (one scale per token, symmetric, as u8 around zero point
+    128 because ORT's fast MatMulInteger is u8 x s8 and takes one zero point) and w per column:
+    ReduceMax/ReduceMin -> QuantizeLinear(axis 0) -> MatMulInteger -> Cast -> scale."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def c(name, value, dtype):
+        return numpy_helper.from_array(np.array(value, dtype), f"{prefix}/{name}")
+
+    consts = [c("flat", [-1, k], np.int64), c("last", [-1], np.int64), c("vector", [-1], np.int64),
+              c("tiny", 1e-30, np.float32), c("inv127", 1 / 127, np.float32), c("zp", 128, np.uint8)]
+    n = lambda op, ins, outs, **kw: helper.make_node(op, ins,
+                                                      outs, name=f"{prefix}/{outs[0].rsplit('/', 1)[-1]}", **kw)
+    p = prefix
+    nodes = [
+        n("Shape", [x], [f"{p}/lead"], end=-1),
+        n("Reshape", [x, f"{p}/flat"], [f"{p}/x2"]),
+        n("ReduceMax", [f"{p}/x2", f"{p}/last"], [f"{p}/hi"], keepdims=1),
+        n("ReduceMin", [f"{p}/x2", f"{p}/last"], [f"{p}/lo"], keepdims=1),
+        n("Neg", [f"{p}/lo"], [f"{p}/neg_lo"]),
+        n("Max", [f"{p}/hi", f"{p}/neg_lo", f"{p}/tiny"], [f"{p}/absmax"]),
+        n("Mul", [f"{p}/absmax", f"{p}/inv127"], [f"{p}/x_scale"]),
+        n("Reshape", [f"{p}/x_scale", f"{p}/vector"], [f"{p}/x_scale_1d"]),
+        n("Shape", [f"{p}/x_scale_1d"], [f"{p}/rows"]),
+        n("Expand", [f"{p}/zp", f"{p}/rows"], [f"{p}/zp_rows"]),
+        n("QuantizeLinear", [f"{p}/x2", f"{p}/x_scale_1d", f"{p}/zp_rows"], [f"{p}/xq"], axis=0),
+        n("MatMulInteger", [f"{p}/xq", wq, f"{p}/zp"], [f"{p}/acc"]),
+        n("Cast", [f"{p}/acc"], [f"{p}/acc_f"], to=TensorProto.FLOAT),
+        n("Mul", [f"{p}/acc_f", f"{p}/x_scale"], [f"{p}/y_rows"]),
+        n("Mul", [f"{p}/y_rows", ws], [f"{p}/y2"]),
+        n("Concat", [f"{p}/lead", f"{p}/vector"], [f"{p}/shape"], axis=0),
+        n("Reshape", [f"{p}/y2", f"{p}/shape"], [out]),
+    ]
+    return nodes, consts
+
+
+def _drop_unused_initializers(model) -> None:
+    graph = model.graph
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output} | _subgraph_reads(graph)
+    for init in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(init)
+
+
+def _float_outputs(session) -> list[str]:
+    return [o.name for o in session.get_outputs() if o.type in ("tensor(float)", "tensor(double)")]
+
+
+def _min_cosine(model, feeds, reference: list[dict], threads=None) -> float:
+    from .parity import row_cosines
+
+    session = _session(model, threads)
+    names = list(reference[0]) if reference else []
+    worst = 1.0
+    for feed, ref in zip(feeds, reference):
+        for name, value in zip(names, session.run(names, feed)):
+            if value.size:
+                worst = min(worst, float(row_cosines(value, ref[name]).min()))
+    return worst
+
+
+def quantize_int8(model, feeds: Sequence[Mapping[str, np.ndarray]], *, target: float = 0.99, margin: float = 0.002,
+                  alphas: Sequence[float] = (0.5, 0.75, 0.9), min_gain: float = 0.15, row_gain: float = 0.3,
+                  threads: int | None = None,
+                  progress: Callable[[str], None] = lambda _m: None) -> Transformed:
+    """Dynamic int8 for every GEMM with constant weights, keeping the most sensitive ones in fp32
+    until the minimum per-row cosine against fp32 on `feeds` is >= target + margin.
+
+    `model` should be fused first (fuse()): its Attention nodes become QAttention. `feeds` are
+    calibration inputs (a varied corpus, batched); the final gate belongs to the caller.
+    margin: measured on all-MiniLM-L6-v2 with 256 calibration texts, the minimum cosine over
+    1,400 texts (the 1,200-string corpus + 200 sentences) was 0.0017 below the calibration
+    minimum with every GEMM in int8 (0.9908 vs 0.9919) and 0.0008 below it with the most
+    sensitive one kept fp32 (0.9927 vs 0.9934, what margin 0.002 selects: 23/24 in int8,
+    8% faster than margin 0.004's 21/24 at batch 32)."""
+    import onnx
+
+    from . import graph as graph_mod
+
+    start = time.perf_counter()
+    base = onnx.ModelProto()
+    base.CopyFrom(model)
+    _ensure_names(base)
+    sites = find_sites(base)
+    if not sites:
+        raise ExportError("int8: the graph has no MatMul or Attention with constant weights to quantize")
+    feeds = [f for f in feeds if all(np.asarray(v).size for v in f.values())]
+    if not feeds:
+        raise ExportError("int8: no calibration inputs; the recipe's validation cases are empty")
+    stats = _calibrate(base, sites, feeds, threads)
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in base.graph.initializer}
+    plans = [_plan_site(base, s, stats[s.x], numpy_helper.to_array(inits[s.w]).astype(np.float32), alphas, min_gain,
+                        row_gain) for s in sites]
+    fp32 = _session(base, threads)
+    names = _float_outputs(fp32)
+    reference = [dict(zip(names, fp32.run(names, f))) for f in feeds]
+    order = [p.site.node for p in sorted(plans, key=lambda p: -p.error)]
+    excluded: list[str] = []
+    history = []
+    while True:
+        candidate = _build_int8(base, plans, set(excluded))
+        worst = _min_cosine(candidate, feeds, reference, threads)
+        history.append({"kept_fp32": len(excluded), "min_cosine": round(worst, 6)})
+        progress(f"int8: {len(sites) - len(excluded)}/{len(sites)} GEMMs in int8, min cosine {worst:.5f}")
+        if worst >= target + margin or len(excluded) == len(order):
+            break
+        excluded.append(order[len(excluded)])
+    # ORT's int8 kernels die with SIGFPE on a zero-row batch (the fp32 graph returns [0, 384])
+    guarded = graph_mod.guard_empty_batch(candidate)
+    return Transformed(candidate, {
+        "empty_batch_guard": guarded,
+        "scheme": "dynamic int8: u8 activations per tensor (DynamicQuantizeLinear), s8 weights per output "
+                  "channel, symmetric; SmoothQuant-style per-channel smoothing where it measurably helps",
+        "sites": len(sites), "int8": len(sites) - len(excluded), "kept_fp32": excluded,
+        "target_min_cosine": target, "calibration_min_cosine": round(worst, 6),
+        "calibration_batches": len(feeds), "search": history,
+        "plans": [p.as_dict() for p in plans],
+        "ops": fused_op_counts(candidate),
+        "seconds": round(time.perf_counter() - start, 2),
+    })
+
+
+# --- what the gates use ---------------------------------------------------------------------
+
+INT8_MIN_COSINE = 0.99
+FP16_MIN_COSINE = 0.9995
+
+
+def int8_tolerances(tolerances):
+    """int8 is judged by cosine per row (>= 0.99) on every float output that has a cosine bar;
+    absolute differences are not a meaningful bar for a lossy format (atol is left unbounded).
+    Exact outputs (ids, labels) stay exact."""
+    from .recipe import Tolerance
+
+    return {name: tol if tol.exact or tol.min_cosine is None else
+            Tolerance(atol=float("inf"), rtol=0.0, min_cosine=INT8_MIN_COSINE) for name, tol in tolerances.items()}
+
+
+def fp16_tolerances(tolerances):
+    from .recipe import Tolerance
+
+    return {name: tol if tol.exact or tol.min_cosine is None else
+            Tolerance(atol=float("inf"), rtol=0.0, min_cosine=FP16_MIN_COSINE) for name, tol in tolerances.items()}
+
+
+def calibration_cases(recipe, limit: int | None = None):
+    """Inputs to calibrate int8 on: the recipe's `calibration_cases()` when it has one; for text
+    recipes the seeded Unicode corpus (exportable.text.corpus, >= 1,000 strings) in batches of
+    32; else the validation cases. `limit` keeps that many batches, spread over the whole set."""
+    from .recipe import Case
+    from .textinput import TextInputs
+
+    hook = getattr(recipe, "calibration_cases", None)
+    if hook is not None:
+        cases = list(hook())
+    elif isinstance(recipe, TextInputs):
+        texts = corpus_texts()
+        cases = [Case(f"calibration_{i:04d}", texts[i:i + 32]) for i in range(0, len(texts), 32)]
+    else:
+        cases = list(recipe.validation_cases())
+    if limit is not None and len(cases) > limit:
+        step = len(cases) / limit
+        cases = [cases[int(i * step)] for i in range(limit)]
+    return cases
+
+
+def corpus_texts() -> list[str]:
+    """The varied text corpus: exportable.text.corpus when present, else generated samples."""
+    try:
+        from .text.corpus import tokenizer_corpus
+    except ImportError:
+        from . import samples
+
+        return samples.sentences(512, seed=5) + [samples.long_text(300, seed=s) for s in range(8)]
+    return list(tokenizer_corpus())
+
+
+def to_fp16(model) -> Transformed:
+    """fp16 weights and compute for a GPU (keeps fp32 inputs/outputs and leaves string and
+    custom-domain nodes alone). Only worth it with the CUDA execution provider."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    block = sorted({n.op_type for n in model.graph.node if n.domain not in ("", "ai.onnx", MS_DOMAIN)}
+                   | {"Cast", "Range", "CumSum", "Gather", "GatherND", "Where", "Equal", "Less", "Greater",
+                      "ReduceSum", "ArgMax", "TopK", "NonZero", "Compress", "Tokenizer", "LabelEncoder"})
+    half = convert_float_to_float16(model, keep_io_types=True, op_block_list=block, disable_shape_infer=True)
+    return Transformed(half, {"method": "onnxruntime.transformers.float16", "kept_fp32_ops": block})
+
+
+# --- the export stages (api.export_recipe(optimize=..., quantize=...)) ------------------------
+
+OPTIMIZED_FILE = "model.optimized.onnx"
+INT8_FILE = "model.int8.onnx"
+QUANTIZE_CHOICES = ("int8",)
+CALIBRATION_BATCHES = 8  # 256 corpus texts: the search runs the model once per step on these
+
+
+def _verify(runner, recipe, cases, expected, tolerances) -> list:
+    from . import parity
+    from .errors import InputError
+
+    unsupported = getattr(recipe, "unsupported", lambda _c, _f: None)
+    results = []
+    for case in cases:
+        reason = unsupported(case, "onnx")
+        if reason:
+            results.append(parity.not_applicable(case.name, reason))
+            continue
+        try:
+            actual = runner.run(recipe.feed(case, "onnx"))
+        except InputError:
+            raise
+        except Exception as exc:
+            results.append(parity.runtime_failure(case.name, exc))
+            continue
+        results.append(parity.judge(case.name, parity.compare(actual, expected[case.name], tolerances), tolerances))
+    return results
+
+
+def _annotate(model, key: str, detail: dict) -> None:
+    from . import graph
+
+    keep = {k: v for k, v in detail.items() if k not in ("plans", "search", "rules")}
+    graph.set_metadata(model, {key: json_safe(keep)})
+
+
+def json_safe(value):
+    if isinstance(value, float) and not np.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def export_stages(recipe, folder: Path, report, cases, expected, *, quantize: str | None, stage,
+                  progress: Callable[[str], None], threads: int | None = None) -> None:
+    """After the artifact passed: write model.optimized.onnx (and model.int8.onnx), each
+    verified against the original on the same cases; results go to report.parity under
+    "onnx.optimized" / "onnx.int8", so a failure fails the export like any other format."""
+    import onnx
+
+    from . import graph, runtime
+    from .errors import InputError
+
+    base = Path(folder) / "model.onnx"
+    if not base.is_file():
+        raise InputError("--optimize / --quantize work on the ONNX artifact; add onnx to --format")
+    with stage("optimize:onnx") as st:
+        fused = fuse(onnx.load(str(base)))
+        _annotate(fused.model, "exportable.optimization", fused.detail)
+        graph.save_single_file(fused.model, Path(folder) / OPTIMIZED_FILE)
+        st.detail.update(json_safe(fused.detail))
+        progress(f"optimize:onnx fused {fused.detail['fused_ops']}, {fused.detail['nodes_before']} -> "
+                 f"{fused.detail['nodes_after']} nodes")
+    with stage("verify:onnx.optimized") as st:
+        results = _verify(runtime.load(Path(folder) / OPTIMIZED_FILE, threads), recipe, cases, expected,
+                          recipe.tolerances())
+        report.parity["onnx.optimized"] = results
+        st.status = "ok" if all(r.passed for r in results) else "failed"
+    if quantize is None:
+        return
+    if quantize not in QUANTIZE_CHOICES:
+        raise InputError(f"--quantize {quantize!r}: choose from {', '.join(QUANTIZE_CHOICES)}")
+    with stage("quantize:int8") as st:
+        calibration = calibration_cases(recipe, limit=CALIBRATION_BATCHES)
+        feeds = [recipe.feed(c, "onnx") for c in calibration]
+        q = quantize_int8(fused.model, feeds, threads=threads, progress=progress)
+        _annotate(q.model, "exportable.quantization", q.detail)
+        graph.save_single_file(q.model, Path(folder) / INT8_FILE)
+        st.detail.update(json_safe(q.detail))
+    with stage("verify:onnx.int8") as st:
+        tolerances = int8_tolerances(recipe.tolerances())
+        results = _verify(runtime.load(Path(folder) / INT8_FILE, threads), recipe, cases, expected, tolerances)
+        report.parity["onnx.int8"] = results
+        st.detail["tolerances"] = json_safe({k: t.as_dict() for k, t in tolerances.items()})
+        st.status = "ok" if all(r.passed for r in results) else "failed"
+
+
+OPTIONAL_OUTPUTS = {("", "LayerNormalization"): 1, (MS_DOMAIN, "SkipLayerNormalization"): 1,
+                    (MS_DOMAIN, "SkipSimplifiedLayerNormalization"): 1}
+
+
+def drop_unused_outputs(model) -> int:
+    """Unname the optional outputs nobody reads (mean, inv_std, the skip sum of
+    SkipLayerNormalization): ONNX Runtime writes every named output."""
+    graph = model.graph
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output} | _subgraph_reads(graph)
+    dropped = 0
+    for node in graph.node:
+        keep = OPTIONAL_OUTPUTS.get((node.domain, node.op_type))
+        if keep is None:
+            continue
+        outputs = list(node.output)
+        for i in range(keep, len(outputs)):
+            if outputs[i] and outputs[i] not in used:
+                outputs[i] = ""
+                dropped += 1
+        while len(outputs) > keep and not outputs[-1]:
+            outputs.pop()
+        del node.output[:]
+        node.output.extend(outputs)
+    return dropped
+
+
+
+def split_skip_layernorm(model) -> int:
+    """SkipLayerNormalization -> Add(s) + LayerNormalization, in place.
+
+    Measured on this machine (ORT 1.31, fp32, [32, 128, 384]): the contrib SkipLayerNormalization
+    CPU kernel runs a scalar loop with a division per element (9.5 ms); Add + Add + the standard
+    LayerNormalization (vectorized) take 3.3 ms for the same result (max diff 4e-6 before the
+    final normalisation). We fuse with onnxscript, then undo this one fusion."""
+    from onnx import helper
+
+    nodes, count = [], 0
+    for node in model.graph.node:
+        if node.op_type != "SkipLayerNormalization" or node.domain != MS_DOMAIN or len(node.output) != 1:
+            nodes.append(node)
+            continue
+        inputs = list(node.input) + [""] * 5
+        x, skip, gamma, beta, bias = inputs[:5]
+        name = node.name or f"skip_layernorm_{count}"
+        # Sum, not Add: ONNX Runtime's SkipLayerNormFusion would turn Add + LayerNormalization back
+        # into the slow kernel at session start. The bias gets its own Add: a 3-input Sum that
+        # broadcasts the bias takes ORT's generic path (2.3 ms vs ~0.7 ms at [32, 128, 384]).
+        if bias:
+            nodes.append(helper.make_node("Add", [x, bias], [f"{name}/biased"], name=f"{name}/bias"))
+            x = f"{name}/biased"
+        nodes.append(helper.make_node("Sum", [x, skip], [f"{name}/sum"], name=f"{name}/sum"))
+        ln_inputs = [f"{name}/sum", gamma] + ([beta] if beta else [])
+        nodes.append(helper.make_node("LayerNormalization", ln_inputs, list(node.output), name=f"{name}/layernorm",
+                                      axis=-1, epsilon=_attr(node, "epsilon", 1e-12), stash_type=1))
+        count += 1
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return count

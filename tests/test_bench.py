@@ -1,0 +1,87 @@
+"""`python -m exportable bench --quick`: every variant appears in the JSON with a parity status.
+No timing assertions here: the speed targets live in the bench output (docs/performance.md)."""
+
+import json
+
+import pytest
+
+from conftest import run_cli
+from exportable import bench
+
+VARIANTS = {"original", "torchscript", "onnx", "onnx-optimized", "onnx-int8", "onnx-ids-optimized"}
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    # --device cuda exercises the GPU path's fallback: onnxruntime here has no CUDA provider.
+    proc = run_cli("bench", "sentence_bert", "--quick", "--out", out, "--batch-sizes", "1,3",
+                   "--lengths", "short", "--device", "cuda", "--threads", "2")
+    return proc, out
+
+
+def test_quick_bench_writes_json_with_every_variant(quick):
+    proc, out = quick
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads((out / "bench.json").read_text())
+    assert set(data["variants"]) == VARIANTS
+    for name, v in data["variants"].items():
+        assert v["status"] == "ok", (name, v["reason"])
+        assert v["parity"]["passed"] is True
+        assert v["parity"]["min_cosine"] >= (0.99 if name == "onnx-int8" else 0.99999)
+    rows = data["results"]
+    assert {(r["variant"], r["length"], r["batch"]) for r in rows} == {(v, "short", b) for v in VARIANTS for b in (1, 3)}
+    for r in rows:
+        assert r["status"] == "ok" and r["median_ms"] > 0 and r["p95_ms"] >= r["median_ms"]
+        assert r["tokens"] == 16 * r["batch"] and r["gflops"] > 0 and r["speedup"] > 0
+    assert data["flops_per_token"] == pytest.approx(21.2e6, rel=0.01)
+    assert data["machine"]["threads"] == 2
+    assert data["machine"]["fp32_matmul_peak_gflops"] > 0 and "%peak" in proc.stdout
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "onnx-int8" in proc.stdout and "x orig" in proc.stdout
+
+
+def test_cuda_request_falls_back_to_cpu_with_one_line(quick):
+    proc, out = quick
+    data = json.loads((out / "bench.json").read_text())
+    ok, why = bench.cuda_available()
+    if ok:
+        pytest.skip("this machine has CUDA; the fallback is not exercised")
+    assert data["machine"]["device"] == "cpu"
+    assert any("CUDAExecutionProvider" in n for n in data["notes"])
+    assert sum("running on CPU" in line for line in proc.stderr.splitlines()) == 1
+
+
+def test_reused_artifact_and_a_failing_variant(quick, tmp_path):
+    """--artifact reuses built models; a model that breaks parity is reported failed, not timed."""
+    import shutil
+
+    import onnx
+    from onnx import numpy_helper
+
+    _, out = quick
+    art = tmp_path / "art"
+    art.mkdir()
+    model = onnx.load(str(out / "models" / "model.optimized.onnx"))
+    for init in model.graph.initializer:  # break it: scale one layer's FFN weights
+        if init.dims == [1536, 384]:
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 1.5, init.name))
+            break
+    onnx.save(model, str(art / "model.optimized.onnx"))
+    shutil.copy(out / "models" / "model.onnx", art / "model.onnx")
+    result = bench.run_bench("sentence_bert", out=tmp_path / "b", artifact=art, variants=["onnx", "onnx-optimized"],
+                             batches=[1], lengths=["short"], quick=True)
+    v = result.data["variants"]
+    assert v["onnx"]["status"] == "ok"
+    assert v["onnx-optimized"]["status"] == "failed"
+    assert "atol" in v["onnx-optimized"]["reason"] or "cosine" in v["onnx-optimized"]["reason"]
+    row = next(r for r in result.data["results"] if r["variant"] == "onnx-optimized")
+    assert row["status"] == "failed" and row["median_ms"] is None
+    assert "FAILED" in result.table
+
+
+def test_bad_bench_options_are_usage_errors():
+    proc = run_cli("bench", "sentence_bert", "--batch-sizes", "0")
+    assert proc.returncode == 2 and "positive" in proc.stderr
+    proc = run_cli("bench", "sentence_bert", "--lengths", "huge")
+    assert proc.returncode == 2 and "short, long, mixed" in proc.stderr

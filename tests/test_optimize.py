@@ -1,0 +1,195 @@
+"""exportable.optimize on the real all-MiniLM-L6-v2: the fusions fire (counted), the fused graph
+keeps the fp32 bar against SentenceTransformer.encode, int8 keeps cosine >= 0.99 on the corpus."""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from exportable import optimize, parity, samples
+from exportable.recipe import Case
+
+
+@pytest.fixture(scope="module")
+def ids_recipe():
+    from recipes.sentence_bert import SentenceBert
+
+    return SentenceBert(inputs="ids")
+
+
+@pytest.fixture(scope="module")
+def captured(ids_recipe, tmp_path_factory):
+    """The ids-in graph exactly as `recipe sentence_bert --inputs ids` captures it (dynamo)."""
+    from exportable.exporters import onnx as onnx_exporter
+
+    path = tmp_path_factory.mktemp("capture") / "model.onnx"
+    capture = onnx_exporter.export(ids_recipe.build_wrapper("onnx"), ids_recipe.capture_feed("onnx"),
+                                   ids_recipe.model_input_specs("onnx"), ids_recipe.output_specs(), path)
+    assert capture.strategy == "dynamo"
+    return capture.model
+
+
+@pytest.fixture(scope="module")
+def fused(captured):
+    return optimize.fuse(captured)
+
+
+def _run(model, feeds):
+    session = optimize._session(model)
+    return [session.run(None, f)[0] for f in feeds]
+
+
+def _feeds(recipe, texts, batch=32):
+    return [recipe.feed(Case(f"b{i}", texts[i:i + batch]), "onnx") for i in range(0, len(texts), batch)]
+
+
+def test_fusions_fire_on_the_dynamo_graph(captured, fused):
+    layers = 6
+    assert optimize.fused_op_counts(captured) == {}
+    counts = fused.detail["fused_ops"]
+    assert counts.get("Attention", 0) + counts.get("MultiHeadAttention", 0) == layers
+    assert counts["SkipLayerNormalization"] == 2 * layers
+    # ...and then undone: ORT's CPU SkipLayerNormalization is slower than Add + LayerNormalization
+    assert fused.detail["skip_layernorm_split"] == 2 * layers
+    assert "SkipLayerNormalization" not in fused.detail["ops_after"]
+    assert counts.get("BiasGelu", 0) + counts.get("FastGelu", 0) + counts.get("Gelu", 0) == layers
+    ops = {n.op_type for n in fused.model.graph.node}
+    assert not ops & {"Softmax", "Erf", "IsNaN"}, "attention or gelu left unfused"
+    assert fused.detail["nodes_after"] < fused.detail["nodes_before"] / 2
+    assert fused.detail["folded_initializers"] == layers  # the packed QKV weights are stored packed
+    onnx.checker.check_model(fused.model)
+
+
+def test_fused_graph_keeps_the_fp32_bar_against_sentence_transformers(ids_recipe, fused, sentence_transformer):
+    texts = samples.sentences(40, seed=21) + ["", "   ", samples.long_text(500, seed=3), "Café 東京 😀"]
+    want = sentence_transformer.encode(texts, batch_size=16, convert_to_numpy=True)
+    got = np.concatenate(_run(fused.model, _feeds(ids_recipe, texts, batch=16)))
+    tol = ids_recipe.tolerances()["sentence_embedding"]
+    m = parity.compare_tensor("sentence_embedding", got, want, tol)
+    assert parity.failure_reason(m, tol) is None, (m.max_abs, m.min_cosine)
+    assert m.max_abs <= 1e-5 and m.min_cosine >= 0.99999
+
+
+def test_fused_graph_handles_batch_zero(ids_recipe, fused):
+    session = optimize._session(fused.model)
+    feed = {k: np.zeros((0, 5), np.int64) for k in ids_recipe.id_input_names}
+    assert session.run(None, feed)[0].shape == (0, 384)
+
+
+@pytest.fixture(scope="module")
+def int8(ids_recipe, fused):
+    texts = optimize.corpus_texts()
+    calibration = [t for i, t in enumerate(texts) if i % 8 == 0]  # 150 texts, disjoint from the check below
+    return optimize.quantize_int8(fused.model, _feeds(ids_recipe, calibration))
+
+
+def test_int8_keeps_cosine_on_the_corpus(ids_recipe, fused, int8):
+    """Cosine >= 0.99 per text against fp32 on corpus texts the calibration never saw."""
+    texts = [t for i, t in enumerate(optimize.corpus_texts()) if i % 8 != 0][::3] + samples.sentences(64, seed=8)
+    feeds = _feeds(ids_recipe, texts)
+    worst = min(float(parity.row_cosines(q, f).min())
+                for q, f in zip(_run(int8.model, feeds), _run(fused.model, feeds)))
+    assert worst >= optimize.INT8_MIN_COSINE, worst
+    assert len(texts) >= 400
+
+
+def test_int8_graph_handles_batch_zero(ids_recipe, int8):
+    """ORT's int8 kernels end the process with SIGFPE on zero rows; graph.guard_empty_batch runs
+    one blank row instead and returns [0, 384]."""
+    assert int8.detail["empty_batch_guard"] is True
+    session = optimize._session(int8.model)
+    feed = {k: np.zeros((0, 5), np.int64) for k in ids_recipe.id_input_names}
+    assert session.run(None, feed)[0].shape == (0, 384)
+    feed = {k: np.ones((2, 5), np.int64) for k in ids_recipe.id_input_names}
+    assert session.run(None, feed)[0].shape == (2, 384)
+
+
+def test_int8_quantizes_most_gemms_and_says_which_stay_fp32(int8):
+    d = int8.detail
+    assert d["sites"] == 24  # 6 layers x (QKV, attention out, FFN in, FFN out)
+    assert d["int8"] >= 20 and d["int8"] + len(d["kept_fp32"]) == d["sites"]
+    per_row = sum(p["activations"] == "per row" for p in d["plans"] if p["node"] not in d["kept_fp32"])
+    assert d["ops"].get("QAttention", 0) + d["ops"].get("DynamicQuantizeMatMul", 0) + per_row == d["int8"]
+    assert d["calibration_min_cosine"] >= optimize.INT8_MIN_COSINE
+    assert any(p["smoothing"] for p in d["plans"])  # outlier channels were measured and smoothed
+    assert all(p["error"] <= p["error_per_tensor_unsmoothed"] for p in d["plans"])
+
+
+# --- pieces, on tiny graphs ------------------------------------------------------------------
+
+def _model(nodes, inputs, outputs, inits):
+    graph = helper.make_graph(nodes, "g", inputs, outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)],
+                             ir_version=9)
+
+
+def test_fold_constant_concats_and_drop_unused_outputs():
+    a = numpy_helper.from_array(np.ones((2, 3), np.float32), "a")
+    b = numpy_helper.from_array(np.zeros((2, 3), np.float32), "b")
+    g = numpy_helper.from_array(np.ones(6, np.float32), "g")
+    nodes = [helper.make_node("Concat", ["a", "b"], ["w"], axis=1),
+             helper.make_node("MatMul", ["x", "w"], ["y"]),
+             helper.make_node("SkipLayerNormalization", ["y", "y", "g", "g"], ["z", "mean", "inv", "sum"],
+                              domain="com.microsoft", epsilon=1e-12)]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                   [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 6])], [a, b, g])
+    assert optimize.fold_constant_concats(model) == 1
+    assert {i.name for i in model.graph.initializer} == {"w", "g"}
+    assert optimize.drop_unused_outputs(model) == 3
+    assert list(model.graph.node[-1].output) == ["z"]
+    out = optimize._session(model).run(None, {"x": np.ones((1, 2), np.float32)})[0]
+    assert out.shape == (1, 6) and np.isfinite(out).all()
+
+
+def test_smoothing_reduces_the_error_of_outlier_channels():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((512, 64)).astype(np.float32)
+    x[:, 3] *= 40  # one outlier channel, as BERT's LayerNorm outputs have
+    w = rng.standard_normal((64, 32)).astype(np.float32)
+    st = optimize._Stats(np.abs(x).max(0), [(x.min(0), x.max(0), x)])
+    plain = optimize._simulated_error(st, w, None)
+    smooth = optimize._simulated_error(st, w, optimize._smoothing(st, w, 0.75))
+    assert smooth < plain / 2
+    wq, ws = optimize._quantize_weight(w)
+    assert wq.dtype == np.int8 and np.abs(wq).max() == 127 and ws.shape == (32,)
+
+
+def test_int8_tolerance_is_a_cosine_bar():
+    from exportable.recipe import Tolerance
+
+    tol = optimize.int8_tolerances({"e": Tolerance(min_cosine=0.99999), "ids": Tolerance(exact=True)})
+    assert tol["e"].min_cosine == 0.99 and tol["e"].atol == float("inf") and tol["ids"].exact
+
+
+@pytest.mark.slow
+def test_export_writes_gated_optimized_and_int8_models(tmp_path):
+    from exportable import api
+
+    result = api.export_recipe("sentence_bert", out=tmp_path / "a", inputs="ids", optimize=True, quantize="int8")
+    assert result.passed
+    assert {"onnx", "onnx.optimized", "onnx.int8"} <= set(result.report.parity)
+    for name in (optimize.OPTIMIZED_FILE, optimize.INT8_FILE):
+        model = onnx.load(str(tmp_path / "a" / name))
+        meta = {p.key: p.value for p in model.metadata_props}
+        assert meta["exportable.recipe"] == "sentence_bert"
+    stages = {s.name: s for s in result.report.stages}
+    assert stages["optimize:onnx"].detail["fused_ops"]["Attention"] == 6
+    assert stages["verify:onnx.int8"].status == "ok"
+
+
+def test_bad_quantize_choice_is_a_usage_error(tmp_path):
+    from exportable import api
+    from exportable.errors import InputError
+
+    with pytest.raises(InputError, match="int8"):
+        api.export_recipe("sentence_bert", out=tmp_path / "x", quantize="int4")
+
+
+def test_cli_optimize_flags_are_checked_before_any_work(tmp_path):
+    from conftest import run_cli
+
+    for args, message in ((["--quantize", "int4"], "int4"), (["--optimize", "--threads", "0"], "--threads")):
+        proc = run_cli("recipe", "sentence_bert", *args, "--out", tmp_path / "x")
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "x").exists()
