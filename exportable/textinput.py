@@ -135,3 +135,16 @@ def load_bert_family(auto_class, model_dir: Path, kind: str, families, **extra):
         raise InputError(f"--model {model_dir}: model type {model.config.model_type!r} is not "
                          f"BERT-family; supported: {', '.join(sorted(families))}")
     return model
+
+
+def load_hf_tokenizer(model_dir: Path):
+    """The transformers tokenizer saved in `model_dir` (local files only), or a one-line InputError."""
+    from transformers import AutoTokenizer
+
+    from .errors import InputError
+
+    try:
+        return AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    except Exception as exc:
+        raise InputError(f"--model {model_dir}: no usable tokenizer ({type(exc).__name__}); "
+                         "save it there with tokenizer.save_pretrained(DIR)") from None

@@ -43,6 +43,7 @@ from exportable.errors import InputError
 from exportable.hashing import sha256_files, sha256_state_dict
 from exportable.recipe import EXACT, Case, Option, Recipe, Source, TensorSpec, Tolerance
 from exportable.registry import register
+from exportable.weights import load_state_dict
 
 RESIZE, CROP = 256, 224
 SEED = 0
@@ -411,26 +412,6 @@ def _classifier_width(model) -> int:
 
     last = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))][-1]
     return int(last.out_features if isinstance(last, torch.nn.Linear) else last.out_channels)
-
-
-def load_state_dict(path: Path) -> dict:
-    import torch
-
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise InputError(f"--weights {path}: cannot read it ({type(exc).__name__}: "
-                         f"{' '.join(str(exc).split())[:160]})") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise InputError(f"--weights {path}: not a state_dict (a dict of tensors); save model.state_dict()")
-    return state
 
 
 def num_classes(arch: str, state: dict, path: Path, extra: dict) -> int:

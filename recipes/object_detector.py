@@ -41,6 +41,7 @@ from exportable.errors import InputError
 from exportable.hashing import sha256_files, sha256_state_dict
 from exportable.recipe import EXACT, Case, Option, Recipe, Source, TensorSpec, Tolerance
 from exportable.registry import register
+from exportable.weights import load_state_dict
 
 IMAGE = TensorSpec("image", "uint8", ("height", "width", 3), "RGB pixels, any size")
 IMAGE_BYTES = TensorSpec("image_bytes", "uint8", ("bytes",), "the bytes of a whole PNG or JPEG file")
@@ -232,25 +233,6 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 
 # --- weights -----------------------------------------------------------------------------------
-def load_state_dict(path: Path) -> dict:
-    import torch
-
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise InputError(f"--weights {path}: cannot read it ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); "
-                         "pass torch.save(model.state_dict(), PATH) or a .safetensors file") from None
-    if not isinstance(state, dict):
-        raise InputError(f"--weights {path}: holds a {type(state).__name__}, not a state_dict; save "
-                         "model.state_dict()")
-    return state
-
-
 def seeded_model(builder):
     """torchvision's init under SEED, calibrated to score like a trained detector (module doc)."""
     import torch

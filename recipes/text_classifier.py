@@ -42,7 +42,7 @@ from exportable.errors import InputError
 from exportable.hashing import sha256_files, sha256_state_dict, weight_files
 from exportable.recipe import EXACT, Case, Option, Recipe, Source, TensorSpec, Tolerance
 from exportable.registry import register
-from exportable.textinput import TextInputs, bundled_model_dir, corpus_cases, load_bert_family
+from exportable.textinput import TextInputs, bundled_model_dir, corpus_cases, load_bert_family, load_hf_tokenizer
 
 DATA = Path(__file__).resolve().parent / "data" / "topics.tsv"
 PROBLEM_TYPES = {"single_label_classification": "single", "multi_label_classification": "multi"}
@@ -258,13 +258,7 @@ class TextClassifier(TextInputs, Recipe):
 
     @cached_property
     def tokenizer(self):
-        from transformers import AutoTokenizer
-
-        try:
-            return AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True)
-        except Exception as exc:
-            raise InputError(f"--model {self.model_dir}: no usable tokenizer ({type(exc).__name__}); "
-                             "save it there with tokenizer.save_pretrained(DIR)") from None
+        return load_hf_tokenizer(self.model_dir)
 
     def logits(self, texts: list[str]) -> np.ndarray:
         import torch

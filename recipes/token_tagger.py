@@ -34,7 +34,7 @@ from exportable.errors import InputError
 from exportable.hashing import sha256_files, sha256_state_dict, weight_files
 from exportable.recipe import EXACT, Case, Option, Recipe, Source, TensorSpec, Tolerance
 from exportable.registry import register
-from exportable.textinput import TextInputs, bundled_model_dir, load_bert_family
+from exportable.textinput import TextInputs, bundled_model_dir, load_bert_family, load_hf_tokenizer
 
 TAGS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC")
 SEED = 0
@@ -115,13 +115,7 @@ class TokenTagger(TextInputs, Recipe):
 
     @cached_property
     def tokenizer(self):
-        from transformers import AutoTokenizer
-
-        try:
-            return AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True)
-        except Exception as exc:
-            raise InputError(f"--model {self.model_dir}: no usable tokenizer ({type(exc).__name__}); "
-                             "save it there with tokenizer.save_pretrained(DIR)") from None
+        return load_hf_tokenizer(self.model_dir)
 
     def build_original(self):
         import torch
