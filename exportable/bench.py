@@ -41,7 +41,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from . import optimize, parity, runtime
-from .errors import ExportableError, InputError
+from .errors import ExportableError, ExportError, InputError
 from .recipe import Case, Recipe, Tolerance
 
 LENGTHS = {"short": 16, "long": 128}
@@ -356,9 +356,13 @@ def build_models(recipe: Recipe, folder: Path, wanted: Sequence[str], opset: int
         progress("bench: int8 (calibrating)")
         cases = optimize.calibration_cases(recipe, limit=1 if quick else optimize.CALIBRATION_BATCHES)
         feeds = [recipe.feed(c, "onnx") for c in cases]
-        q = optimize.quantize_int8(onnx.load(str(fused_path)), feeds, threads=threads, progress=progress)
-        graph.save_single_file(q.model, folder / MODEL_FILES["onnx-int8"])
-        built["onnx-int8"] = q.detail
+        try:
+            q = optimize.quantize_int8(onnx.load(str(fused_path)), feeds, threads=threads, progress=progress)
+        except ExportError as exc:  # e.g. a conv net: no GEMMs to quantize; the other variants still run
+            built["onnx-int8"] = {"error": str(exc)}
+        else:
+            graph.save_single_file(q.model, folder / MODEL_FILES["onnx-int8"])
+            built["onnx-int8"] = q.detail
     if "onnx-fp16" in wanted and fused_path.is_file() and not (folder / MODEL_FILES["onnx-fp16"]).is_file():
         progress("bench: fp16")
         half = optimize.to_fp16(onnx.load(str(fused_path)))
@@ -429,6 +433,9 @@ def _block_calls(variant: Variant, case: Case) -> int:
 def measure(variants: Sequence[Variant], recipe: Recipe, length: str, batch: int, seconds: float,
             min_calls: int, fpt: float | None) -> list[Measurement]:
     case = bench_case(recipe, length, batch)
+    if case is None:  # the recipe's bench_case says this shape does not apply (one image per call)
+        return [Measurement(v.name, length, batch, status="unavailable",
+                            reason=f"{recipe.name} takes no batch of {batch}") for v in variants]
     tokens = real_tokens(recipe, case)
     results = {v.name: Measurement(v.name, length, batch, tokens=tokens) for v in variants}
     expected = None
@@ -565,7 +572,7 @@ def run_bench(name: str, out: str | Path | None = None, artifact: str | Path | N
         import onnx
 
         fpt = flops_per_token(onnx.load(str(models / MODEL_FILES["onnx"])))
-    vs = _make_variants(recipe, wanted, models, threads, device, ids_recipe)
+    vs = _make_variants(recipe, wanted, models, threads, device, ids_recipe, built)
     rows: list[Measurement] = []
     configs = [(length, batch) for length in lengths for batch in batches]
     for length, batch in configs:
@@ -668,7 +675,7 @@ def _read_build_info(models: Path, built: dict) -> dict:
     return _jsonable(info)
 
 
-def _make_variants(recipe, wanted, models: Path, threads, device, ids_recipe) -> list[Variant]:
+def _make_variants(recipe, wanted, models: Path, threads, device, ids_recipe, built: dict | None = None) -> list[Variant]:
     fp32 = recipe.tolerances()
     text_in = getattr(recipe, "text_mode", False)
     onnx_desc = "exported artifact" + (" (strings in: tokenizer in the graph)" if text_in else " (recipe feed + graph)")
@@ -687,10 +694,11 @@ def _make_variants(recipe, wanted, models: Path, threads, device, ids_recipe) ->
         desc, tol = specs[name]
         file = MODEL_FILES.get(name)
         v = Variant(name, desc, None, tol, file if name != "original" else None, device if name.startswith("onnx") else "cpu")
-        if name == "original":
-            _loaded(v, recipe.build_original)
+        if name == "original":  # a recipe whose original memoises answers says how to time it
+            _loaded(v, getattr(recipe, "bench_original", recipe.build_original))
         elif file is None or not (models / file).is_file():
-            v.status, v.reason = "unavailable", f"no {file} in {models}"
+            why = (built or {}).get(name, {}).get("error")
+            v.status, v.reason = "unavailable", why or f"no {file} in {models}"
         elif name == "torchscript":
             _loaded(v, lambda: _torchscript_call(models / file, recipe))
         elif name == "onnx-ids-optimized":
@@ -736,7 +744,7 @@ def format_table(data: dict) -> str:
             continue
 
         def f(x, spec):
-            return "-" if x is None else format(x, spec)
+            return format(x, spec) if x is not None else "-".rjust(int(spec.split(".")[0]))
 
         lines.append(f"{label:<7}{r['batch']:>5}  {r['variant']:<19}{f(r['median_ms'], '10.2f')}{f(r['p95_ms'], '9.2f')}"
                      f"{f(r['items_per_s'], '9.1f')}{f(r['gflops'], '8.1f')}{f(_percent_of_peak(r, m), '6.0f')}"

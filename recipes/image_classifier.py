@@ -240,18 +240,33 @@ class ImageClassifier(Recipe):
         """The original pipeline's top-(k+1) probabilities and ids (one more than the artifact
         returns, to see whether the k-th place is decided). Memoised by case name: choosing the
         validation images (validation_cases) and the reference stage need the same answers."""
-        if case.name in self._rankings:
-            return self._rankings[case.name]
+        if case.name not in self._rankings:
+            with single_thread():
+                self._rankings[case.name] = self._rank(case.data, self.k + 1)
+        return self._rankings[case.name]
+
+    def _rank(self, data, k: int) -> tuple[np.ndarray, np.ndarray]:
         import torch
         from PIL import Image
 
-        picture = Image.open(io.BytesIO(case.data)).convert("RGB") if isinstance(case.data, bytes) \
-            else Image.fromarray(case.data)
-        with torch.no_grad(), single_thread():
+        picture = Image.open(io.BytesIO(data)).convert("RGB") if isinstance(data, bytes) else Image.fromarray(data)
+        with torch.no_grad():
             probabilities = torch.softmax(self.model(self.transform(picture).unsqueeze(0)), dim=1)[0]
-            values, ids = torch.topk(probabilities, min(self.k + 1, probabilities.numel()))
-        self._rankings[case.name] = (values.numpy(), ids.numpy().astype(np.int64))
-        return self._rankings[case.name]
+            values, ids = torch.topk(probabilities, min(k, probabilities.numel()))
+        return values.numpy(), ids.numpy().astype(np.int64)
+
+    def bench_original(self):
+        """The original as `bench` times it: every call computed (no memo), on bench's threads."""
+        labels, k = self.labels, self.k
+
+        def classify(case: Case) -> dict[str, np.ndarray]:
+            values, ids = self._rank(case.data, k)
+            out = {"probabilities": values, "class_ids": ids}
+            if labels is not None:
+                out["labels"] = np.array([labels[i] for i in ids], dtype=object)
+            return out
+
+        return classify
 
     @cached_property
     def _rankings(self) -> dict:
@@ -396,6 +411,15 @@ class ImageClassifier(Recipe):
         raise BuildError(f"no {kind} image of {height}x{width} among 12 seeds has a top-{self.k} ranking separated "
                          f"beyond the probability tolerance: this model's probabilities are too flat for exact "
                          f"class-id parity; try --top-k 1 or other weights")
+
+    def bench_case(self, length: str, batch: int) -> Case | None:
+        """`bench` inputs: one photo-sized image per call (the artifact takes one image):
+        short = 480 x 640, long = 1080 x 1920 (as PNG bytes with --inputs encoded)."""
+        if batch != 1:
+            return None
+        h, w = {"short": (480, 640), "long": (1080, 1920)}.get(length, (480, 640))
+        image = synthetic_image(h, w, seed=2000)
+        return Case(f"{length}_{h}x{w}", encode(image, "PNG") if self.encoded else image)
 
     def feed(self, case: Case, fmt: str = "onnx") -> dict[str, np.ndarray]:
         if isinstance(case.data, bytes):

@@ -85,3 +85,18 @@ def test_bad_bench_options_are_usage_errors():
     assert proc.returncode == 2 and "positive" in proc.stderr
     proc = run_cli("bench", "sentence_bert", "--lengths", "huge")
     assert proc.returncode == 2 and "short, long, mixed" in proc.stderr
+
+
+def test_bench_on_an_image_recipe_reports_what_does_not_apply(tmp_path):
+    """A conv net has no GEMMs for int8 and its artifact takes one image per call: those rows
+    say why (unavailable), the rest are timed against the original, and the run succeeds."""
+    proc = run_cli("bench", "image_classifier", "--quick", "--out", tmp_path, "--batch-sizes", "1,2",
+                   "--lengths", "short", "--variants", "original,onnx,onnx-int8")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert data["variants"]["onnx-int8"]["status"] == "unavailable"
+    assert "no MatMul" in data["variants"]["onnx-int8"]["reason"]
+    rows = {(r["variant"], r["batch"]): r for r in data["results"]}
+    assert rows[("onnx", 1)]["status"] == "ok" and rows[("onnx", 1)]["median_ms"] > 0
+    assert rows[("original", 1)]["median_ms"] > 1  # computed per call, not a memoised answer
+    assert rows[("onnx", 2)]["status"] == "unavailable" and "batch of 2" in rows[("onnx", 2)]["reason"]
