@@ -91,8 +91,8 @@ def _lookup(b: GraphBuilder, text: str, table: CharTable, lookup: dict[str, str]
     # Widen each range up to the common characters around it, ending on the roundest code points
     # there: RE2 compiles an aligned range into fewer UTF-8 byte-range instructions.
     for i, (lo, hi) in enumerate(coarse):
-        floor = max((b + 1 for a, b in common if b < lo), default=0)
-        ceiling = min((a - 1 for a, b in common if a > hi), default=MAX_CODE_POINT)
+        floor = max((c_hi + 1 for _, c_hi in common if c_hi < lo), default=0)
+        ceiling = min((c_lo - 1 for c_lo, _ in common if c_lo > hi), default=MAX_CODE_POINT)
         coarse[i] = (_roundest(floor, lo), _roundest(hi + 1, ceiling + 1) - 1)
     # A capture group is required: the op extracts the delimiter with RE2::FindAndConsume, which
     # finds nothing in a pattern without one. Every delimiter is one character, hence keep = ".".
