@@ -11,8 +11,9 @@ stages, bench.py) gate each result by parity before anyone times or ships it:
   12 SkipLayerNormalization and 6 BiasGelu (com.microsoft ops), 321 -> ~90 nodes, fp32 exact
   to ~2e-7. We then fold the packed QKV weight (a Concat of three initializers) into one
   initializer, so the file holds what the kernel reads.
-- `quantize_int8(model, feeds)`: dynamic int8 (u8 activations per tensor, s8 weights per
-  output channel) for MatMul and the fused Attention (-> QAttention), accuracy-aware: every
+- `quantize_int8(model, feeds)`: dynamic int8 (u8 activations per tensor, or per token around a
+  per-site zero point, s8 weights per output channel) for MatMul and the fused Attention
+  (-> QAttention), accuracy-aware: every
   candidate node's quantization error is *measured* on the calibration feeds, and nodes are
   kept in fp32, most sensitive first, until the minimum per-row cosine against fp32 reaches
   the target. See docs/performance.md for the measurements behind the defaults.
@@ -35,6 +36,16 @@ from .errors import ExportError, MissingDependency
 FUSED_OPS = ("Attention", "MultiHeadAttention", "QAttention", "SkipLayerNormalization", "EmbedLayerNormalization",
              "BiasGelu", "FastGelu", "Gelu", "DynamicQuantizeMatMul", "MatMulIntegerToFloat")
 MS_DOMAIN = "com.microsoft"
+# Per-row activations are u8 around one fixed zero point per site (ORT's MatMulInteger takes a
+# scalar zero point for A), chosen from these by measured error: 128 suits symmetric inputs
+# (attention context), a low one the GELU output (>= -0.17, long positive tail), where it cut
+# all-MiniLM-L6-v2's worst site's error from 0.060 to 0.043 and let all 24 GEMMs be int8.
+ROW_ZERO_POINTS = (128, 64, 32, 16)
+ROW_SCALE_FLOOR = 1e-30  # an all-zero row quantizes to the zero point instead of dividing by 0
+# GELU's minimum is -0.16997 (x = -0.7518; the tanh form's -0.17004): a GELU-fed per-row site
+# uses this bound instead of a ReduceMin pass over [tokens, 1536] (0.16 ms each at batch 32 x 16).
+GELU_MIN = -0.1701
+GELU_OPS = {(MS_DOMAIN, "BiasGelu"), (MS_DOMAIN, "Gelu"), (MS_DOMAIN, "FastGelu"), ("", "Gelu")}
 
 
 def fused_op_counts(model) -> dict[str, int]:
@@ -245,11 +256,14 @@ def _quantize_weight(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(np.round(w / scale), -127, 127).astype(np.int8), scale
 
 
-def _simulated_error(st: _Stats, w: np.ndarray, s: np.ndarray | None, rows_wise: bool = False) -> float:
+def _simulated_error(st: _Stats, w: np.ndarray, s: np.ndarray | None, rows_wise: bool = False,
+                     zero_point: int = 128, row_min: float | None = None) -> float:
     """Mean relative error per row (per token) of x @ w when x is quantized as the kernel will
     (per tensor: u8 with one scale from that batch's range, as DynamicQuantizeLinear; per row:
-    symmetric, one scale per token) and w per output column, after smoothing by s. Per row
-    matters: a short text batched with long ones is where per-tensor ranges hurt most."""
+    u8 with one scale per token around the site's fixed `zero_point`, from the row's min and max
+    or from the known lower bound `row_min`) and w per output column,
+    after smoothing by s. Per row matters: a short text batched with long ones is where
+    per-tensor ranges hurt most."""
     if s is not None:
         w = w * s[:, None]
     wq, ws = _quantize_weight(w)
@@ -259,9 +273,9 @@ def _simulated_error(st: _Stats, w: np.ndarray, s: np.ndarray | None, rows_wise:
         if s is not None:
             rows, lo, hi = rows / s, lo / s, hi / s
         if rows_wise:
-            scale = np.abs(rows).max(1, keepdims=True) / 127.0
-            scale = np.where(scale > 0, scale, 1.0)
-            xd = np.clip(np.round(rows / scale), -127, 127) * scale
+            lo = rows.min(1, keepdims=True) if row_min is None else np.full((len(rows), 1), row_min, np.float32)
+            scale = _row_scales(lo, rows.max(1, keepdims=True), zero_point)
+            xd = (np.clip(np.round(rows / scale) + zero_point, 0, 255) - zero_point) * scale
         else:
             lo, hi = min(float(lo.min()), 0.0), max(float(hi.max()), 0.0)
             scale = (hi - lo) / 255.0 or 1.0
@@ -273,6 +287,12 @@ def _simulated_error(st: _Stats, w: np.ndarray, s: np.ndarray | None, rows_wise:
         errors.append(np.linalg.norm(y - xd @ wd, axis=1)[keep] / norm[keep])
     errors = np.concatenate(errors) if errors else np.zeros(1)
     return float(errors.mean()) if errors.size else 0.0
+
+
+def _row_scales(lo: np.ndarray, hi: np.ndarray, zero_point: int) -> np.ndarray:
+    """One scale per row so that [lo, hi] fits u8 around a fixed zero point: the same formula
+    as the graph's (_rowwise_matmul)."""
+    return np.maximum(np.maximum(hi / (255 - zero_point), -lo / zero_point), ROW_SCALE_FLOOR)
 
 
 def _smoothing(st: _Stats, w: np.ndarray, alpha: float) -> np.ndarray:
@@ -289,13 +309,16 @@ class _Plan:
     error: float  # simulated mean relative error per token with the chosen scheme
     error_plain: float  # ... per-tensor, no smoothing
     rows: bool = False  # activations quantized per row (token) instead of per tensor
+    zero_point: int = 128  # per row: the site's fixed u8 zero point
+    row_min: float | None = None  # per row: a known lower bound of x (GELU output) instead of ReduceMin
     alpha: float | None = None
     how: str | None = None  # "fold-v": into the producing Attention's V projection (free); "mul": a Mul node
     s: np.ndarray | None = None
 
     def as_dict(self) -> dict:
         return {**self.site.as_dict(), "error": round(self.error, 5), "error_per_tensor_unsmoothed": round(self.error_plain, 5),
-                "activations": "per row" if self.rows else "per tensor",
+                "activations": (f"per row, zero point {self.zero_point}"
+                                + ("" if self.row_min is None else f", min {self.row_min} (GELU)")) if self.rows else "per tensor",
                 "smoothing": None if self.alpha is None else {"alpha": self.alpha, "how": self.how}}
 
 
@@ -323,31 +346,44 @@ def _plan_site(model, site: Site, st: _Stats, w: np.ndarray, alphas: Sequence[fl
     plan = _Plan(site, plain, plain)
     if st.absmax is None:
         return plan
-    choices = [(False, None)] + [(False, a) for a in alphas]
+    choices = [(False, None, 128)] + [(False, a, 128) for a in alphas]
     if site.kind == "matmul":
-        choices += [(True, None)] + [(True, a) for a in alphas]
+        choices += [(True, a, z) for a in (None, *alphas) for z in ROW_ZERO_POINTS]
+    gelu_fed = _producer_op(model, site.x) in GELU_OPS  # only unsmoothed x keeps GELU's bound
     measured = {}
-    for rows, alpha in choices:
+    for rows, alpha, z in choices:
         s = None if alpha is None else _smoothing(st, w, alpha)
-        measured[(rows, alpha)] = (_simulated_error(st, w, s, rows), s)
+        bound = GELU_MIN if gelu_fed and alpha is None else None
+        measured[(rows, alpha, z)] = (_simulated_error(st, w, s, rows, z, bound), s)
 
     def best(rows):
-        options = {a: measured[(r, a)] for r, a in measured if r == rows}
-        alpha = min(options, key=lambda a: options[a][0])
-        if alpha is not None and options[alpha][0] > options[None][0] * (1 - min_gain):
+        options = {}
+        for (r, a, z), value in measured.items():  # per smoothing choice, its best zero point
+            if r == rows and (a not in options or value[0] < options[a][1][0]):
+                options[a] = (z, value)
+        alpha = min(options, key=lambda a: options[a][1][0])
+        if alpha is not None and options[alpha][1][0] > options[None][1][0] * (1 - min_gain):
             alpha = None
-        return alpha, options[alpha]
+        z, value = options[alpha]
+        return alpha, z, value
 
-    alpha, (err, s) = best(False)
+    alpha, zero_point, (err, s) = best(False)
     rows = False
     if site.kind == "matmul":
-        r_alpha, (r_err, r_s) = best(True)
+        r_alpha, r_zero_point, (r_err, r_s) = best(True)
         if r_err < err * (1 - row_gain):
-            rows, alpha, err, s = True, r_alpha, r_err, r_s
+            rows, alpha, zero_point, err, s = True, r_alpha, r_zero_point, r_err, r_s
+    plan.zero_point = zero_point
+    plan.row_min = GELU_MIN if rows and gelu_fed and alpha is None else None
     plan.rows, plan.alpha, plan.error, plan.s = rows, alpha, err, s
     if alpha is not None:
         plan.how = "fold-v" if _fold_v_target(model, site.x) is not None else "mul"
     return plan
+
+
+def _producer_op(model, name: str) -> tuple[str, str] | None:
+    node = next((n for n in model.graph.node if name in n.output), None)
+    return None if node is None else (node.domain or "", node.op_type)
 
 
 def _mask_index_nodes(bias: str, prefix: str):
@@ -427,7 +463,7 @@ def _build_int8(model, plans: Sequence[_Plan], excluded: set[str]):
         x = inputs_of[node.name]
         if plan.site.kind == "matmul" and plan.rows:
             extra, consts = _rowwise_matmul(x, f"{prefix}/w", f"{prefix}/w_scale", node.output[0], prefix,
-                                            wq.shape[0])
+                                            wq.shape[0], plan.zero_point, plan.row_min)
             nodes.extend(extra)
             new_inits.extend(consts)
             continue
@@ -458,21 +494,65 @@ def _build_int8(model, plans: Sequence[_Plan], excluded: set[str]):
     for name, value in arrays.items():  # smoothed fp32 weights that stay (Attention kept in fp32, V folds)
         inits[name].CopyFrom(numpy_helper.from_array(value.astype(np.float32), name))
     graph.initializer.extend(new_inits)
+    fold_bias_into_dynamic_matmul(m)
     _drop_unused_initializers(m)
     return m
 
 
-def _rowwise_matmul(x: str, wq: str, ws: str, out: str, prefix: str, k: int):
-    """x @ w with x quantized per row (one scale per token, symmetric, as u8 around zero point
-    128 because ORT's fast MatMulInteger is u8 x s8 and takes one zero point) and w per column:
-    ReduceMax/ReduceMin -> QuantizeLinear(axis 0) -> MatMulInteger -> Cast -> scale."""
-    from onnx import TensorProto, helper, numpy_helper
+def fold_bias_into_dynamic_matmul(model) -> int:
+    """DynamicQuantizeMatMul -> Add(constant [N] bias) becomes one DynamicQuantizeMatMul with
+    its bias input: the kernel adds it in the GEMM's epilogue instead of a pass over [M, N]
+    (the out-projection and FFN2 biases that split_skip_layernorm leaves as Adds)."""
+    from onnx import numpy_helper
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    readers = collections.defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            readers[name].append(node)
+    outputs = {o.name for o in graph.output}
+    folded = set()
+    for node in graph.node:
+        if node.op_type != "DynamicQuantizeMatMul" or node.domain != MS_DOMAIN or (len(node.input) > 4 and node.input[4]):
+            continue
+        y = node.output[0]
+        add = readers[y][0] if len(readers[y]) == 1 and y not in outputs else None
+        if add is None or add.op_type != "Add" or add.domain not in ("", "ai.onnx"):
+            continue
+        bias = add.input[1] if add.input[0] == y else add.input[0]
+        w = inits.get(node.input[1])
+        if bias not in inits or w is None or list(inits[bias].dims) != [w.dims[1]]:
+            continue
+        if numpy_helper.to_array(inits[bias]).dtype != np.float32:
+            continue
+        inputs = list(node.input) + [""] * (4 - len(node.input))
+        del node.input[:]
+        node.input.extend(inputs[:4] + [bias])
+        node.output[0] = add.output[0]
+        folded.add(add.output[0])
+    kept = [n for n in graph.node if not (n.op_type == "Add" and n.output[0] in folded)]
+    del graph.node[:]
+    graph.node.extend(kept)
+    return len(folded)
+
+
+def _rowwise_matmul(x: str, wq: str, ws: str, out: str, prefix: str, k: int, zero_point: int,
+                    row_min: float | None = None):
+    """x @ w with x quantized per row (one scale per token, u8 around the fixed `zero_point`,
+    because ORT's MatMulInteger takes one zero point for A) and w per column: ReduceMax and
+    ReduceMin (or the known bound `row_min`) -> QuantizeLinear(axis 0) -> MatMulIntegerToFloat
+    (int32 -> float and the column scales in the GEMM's epilogue) -> Mul by the row scales."""
+    from onnx import helper, numpy_helper
 
     def c(name, value, dtype):
         return numpy_helper.from_array(np.array(value, dtype), f"{prefix}/{name}")
 
     consts = [c("flat", [-1, k], np.int64), c("last", [-1], np.int64), c("vector", [-1], np.int64),
-              c("tiny", 1e-30, np.float32), c("inv127", 1 / 127, np.float32), c("zp", 128, np.uint8)]
+              c("floor", ROW_SCALE_FLOOR, np.float32), c("per_hi", 1 / (255 - zero_point), np.float32),
+              c("zp", zero_point, np.uint8), c("one", 1.0, np.float32)]
+    consts.append(c("per_lo", -1 / zero_point, np.float32) if row_min is None else
+                  c("lo_scale", -row_min / zero_point, np.float32))
     n = lambda op, ins, outs, **kw: helper.make_node(op, ins,
                                                       outs, name=f"{prefix}/{outs[0].rsplit('/', 1)[-1]}", **kw)
     p = prefix
@@ -480,18 +560,17 @@ def _rowwise_matmul(x: str, wq: str, ws: str, out: str, prefix: str, k: int):
         n("Shape", [x], [f"{p}/lead"], end=-1),
         n("Reshape", [x, f"{p}/flat"], [f"{p}/x2"]),
         n("ReduceMax", [f"{p}/x2", f"{p}/last"], [f"{p}/hi"], keepdims=1),
-        n("ReduceMin", [f"{p}/x2", f"{p}/last"], [f"{p}/lo"], keepdims=1),
-        n("Neg", [f"{p}/lo"], [f"{p}/neg_lo"]),
-        n("Max", [f"{p}/hi", f"{p}/neg_lo", f"{p}/tiny"], [f"{p}/absmax"]),
-        n("Mul", [f"{p}/absmax", f"{p}/inv127"], [f"{p}/x_scale"]),
+        n("Mul", [f"{p}/hi", f"{p}/per_hi"], [f"{p}/hi_scale"]),
+        *([n("ReduceMin", [f"{p}/x2", f"{p}/last"], [f"{p}/lo"], keepdims=1),
+           n("Mul", [f"{p}/lo", f"{p}/per_lo"], [f"{p}/lo_scale"])] if row_min is None else []),
+        n("Max", [f"{p}/hi_scale", f"{p}/lo_scale", f"{p}/floor"], [f"{p}/x_scale"]),
         n("Reshape", [f"{p}/x_scale", f"{p}/vector"], [f"{p}/x_scale_1d"]),
         n("Shape", [f"{p}/x_scale_1d"], [f"{p}/rows"]),
         n("Expand", [f"{p}/zp", f"{p}/rows"], [f"{p}/zp_rows"]),
         n("QuantizeLinear", [f"{p}/x2", f"{p}/x_scale_1d", f"{p}/zp_rows"], [f"{p}/xq"], axis=0),
-        n("MatMulInteger", [f"{p}/xq", wq, f"{p}/zp"], [f"{p}/acc"]),
-        n("Cast", [f"{p}/acc"], [f"{p}/acc_f"], to=TensorProto.FLOAT),
-        n("Mul", [f"{p}/acc_f", f"{p}/x_scale"], [f"{p}/y_rows"]),
-        n("Mul", [f"{p}/y_rows", ws], [f"{p}/y2"]),
+        helper.make_node("MatMulIntegerToFloat", [f"{p}/xq", wq, f"{p}/one", ws, f"{p}/zp"], [f"{p}/y_cols"],
+                         name=f"{p}/matmul", domain=MS_DOMAIN),
+        n("Mul", [f"{p}/y_cols", f"{p}/x_scale"], [f"{p}/y2"]),
         n("Concat", [f"{p}/lead", f"{p}/vector"], [f"{p}/shape"], axis=0),
         n("Reshape", [f"{p}/y2", f"{p}/shape"], [out]),
     ]
@@ -532,10 +611,9 @@ def quantize_int8(model, feeds: Sequence[Mapping[str, np.ndarray]], *, target: f
     `model` should be fused first (fuse()): its Attention nodes become QAttention. `feeds` are
     calibration inputs (a varied corpus, batched); the final gate belongs to the caller.
     margin: measured on all-MiniLM-L6-v2 with 256 calibration texts, the minimum cosine over
-    1,400 texts (the 1,200-string corpus + 200 sentences) was 0.0017 below the calibration
-    minimum with every GEMM in int8 (0.9908 vs 0.9919) and 0.0008 below it with the most
-    sensitive one kept fp32 (0.9927 vs 0.9934, what margin 0.002 selects: 23/24 in int8,
-    8% faster than margin 0.004's 21/24 at batch 32)."""
+    1,400 texts (the 1,200-string corpus + 200 sentences) fell up to 0.0017 below the
+    calibration minimum (0.9908 vs 0.9919, every GEMM int8 with symmetric per-row
+    activations). With per-site row zero points all 24 GEMMs pass at 0.9949 / 0.9944."""
     import onnx
 
     from . import graph as graph_mod
@@ -574,8 +652,9 @@ def quantize_int8(model, feeds: Sequence[Mapping[str, np.ndarray]], *, target: f
     guarded = graph_mod.guard_empty_batch(candidate)
     return Transformed(candidate, {
         "empty_batch_guard": guarded,
-        "scheme": "dynamic int8: u8 activations per tensor (DynamicQuantizeLinear), s8 weights per output "
-                  "channel, symmetric; SmoothQuant-style per-channel smoothing where it measurably helps",
+        "scheme": "dynamic int8: u8 activations per tensor (DynamicQuantizeLinear) or per token around a "
+                  "fixed per-site zero point where that measurably helps, s8 weights per output channel, "
+                  "symmetric; SmoothQuant-style per-channel smoothing where it measurably helps",
         "sites": len(sites), "int8": len(sites) - len(excluded), "kept_fp32": excluded,
         "target_min_cosine": target, "calibration_min_cosine": round(worst, 6),
         "calibration_batches": len(feeds), "search": history,
