@@ -13,10 +13,10 @@ stages, bench.py) gate each result by parity before anyone times or ships it:
   initializer, so the file holds what the kernel reads.
 - `quantize_int8(model, feeds)`: dynamic int8 (u8 activations per tensor, or per token around a
   per-site zero point, s8 weights per output channel) for MatMul and the fused Attention
-  (-> QAttention), accuracy-aware: every
-  candidate node's quantization error is *measured* on the calibration feeds, and nodes are
-  kept in fp32, most sensitive first, until the minimum per-row cosine against fp32 reaches
-  the target. See docs/performance.md for the measurements behind the defaults.
+  (-> QAttention), accuracy-aware: every candidate node's quantization error is *measured* on
+  the calibration feeds, and nodes are kept in fp32, most sensitive first, until the minimum
+  per-row cosine against fp32 reaches the target. See docs/performance.md for the measurements
+  behind the defaults.
 """
 
 from __future__ import annotations
@@ -261,9 +261,8 @@ def _simulated_error(st: _Stats, w: np.ndarray, s: np.ndarray | None, rows_wise:
     """Mean relative error per row (per token) of x @ w when x is quantized as the kernel will
     (per tensor: u8 with one scale from that batch's range, as DynamicQuantizeLinear; per row:
     u8 with one scale per token around the site's fixed `zero_point`, from the row's min and max
-    or from the known lower bound `row_min`) and w per output column,
-    after smoothing by s. Per row matters: a short text batched with long ones is where
-    per-tensor ranges hurt most."""
+    or from the known lower bound `row_min`) and w per output column, after smoothing by s.
+    Per row matters: a short text batched with long ones is where per-tensor ranges hurt most."""
     if s is not None:
         w = w * s[:, None]
     wq, ws = _quantize_weight(w)
