@@ -346,26 +346,37 @@ def build_models(recipe: Recipe, folder: Path, wanted: Sequence[str], opset: int
                                             if s.name == f"capture:{fmt}")}
     base = folder / MODEL_FILES["onnx"]
     fused_path = folder / MODEL_FILES["onnx-optimized"]
+    contrib: list = []
+
+    def contrib_fused():
+        """int8 and fp16 start from the contrib Attention (QAttention, the CUDA kernels); with only
+        a fused file given (--artifact), from that (its Q/K/V MatMuls quantize as plain GEMMs)."""
+        if not contrib:
+            contrib.append(optimize.fuse(onnx.load(str(base)), standard=False) if base.is_file()
+                           else optimize.Transformed(onnx.load(str(fused_path))))
+        return contrib[0]
+
     if any(v in wanted for v in ("onnx-optimized", "onnx-int8", "onnx-fp16")) and base.is_file():
         if not fused_path.is_file():
             progress("bench: fusing")
-            fused = optimize.fuse(onnx.load(str(base)))
+            fused = optimize.standardized(contrib_fused())
             graph.save_single_file(fused.model, fused_path)
             built["onnx-optimized"] = fused.detail
-    if "onnx-int8" in wanted and fused_path.is_file() and not (folder / MODEL_FILES["onnx-int8"]).is_file():
+    have_fused = base.is_file() or fused_path.is_file()
+    if "onnx-int8" in wanted and have_fused and not (folder / MODEL_FILES["onnx-int8"]).is_file():
         progress("bench: int8 (calibrating)")
         cases = optimize.calibration_cases(recipe, limit=1 if quick else optimize.CALIBRATION_BATCHES)
         feeds = [recipe.feed(c, "onnx") for c in cases]
         try:
-            q = optimize.quantize_int8(onnx.load(str(fused_path)), feeds, threads=threads, progress=progress)
+            q = optimize.quantize_int8(contrib_fused().model, feeds, threads=threads, progress=progress)
         except ExportError as exc:  # e.g. a conv net: no GEMMs to quantize; the other variants still run
             built["onnx-int8"] = {"error": str(exc)}
         else:
             graph.save_single_file(q.model, folder / MODEL_FILES["onnx-int8"])
             built["onnx-int8"] = q.detail
-    if "onnx-fp16" in wanted and fused_path.is_file() and not (folder / MODEL_FILES["onnx-fp16"]).is_file():
+    if "onnx-fp16" in wanted and have_fused and not (folder / MODEL_FILES["onnx-fp16"]).is_file():
         progress("bench: fp16")
-        half = optimize.to_fp16(onnx.load(str(fused_path)))
+        half = optimize.to_fp16(contrib_fused().model)
         graph.save_single_file(half.model, folder / MODEL_FILES["onnx-fp16"])
         built["onnx-fp16"] = half.detail
     ids_path = folder / MODEL_FILES["onnx-ids-optimized"]
@@ -683,7 +694,7 @@ def _make_variants(recipe, wanted, models: Path, threads, device, ids_recipe, bu
         "original": (f"{recipe.original_pipeline} (its own preprocessing included)", fp32),
         "torchscript": ("TorchScript artifact (model.pt) + the recipe's feed (tokenization)", fp32),
         "onnx": (onnx_desc, fp32),
-        "onnx-optimized": ("fused graph: Attention, SkipLayerNormalization, BiasGelu (fp32)", fp32),
+        "onnx-optimized": ("fused graph: opset-23 Attention, Add + LayerNorm, BiasGelu (fp32)", fp32),
         "onnx-int8": ("fused + dynamic int8 (QAttention, DynamicQuantizeMatMul), cosine >= 0.99",
                       optimize.int8_tolerances(fp32)),
         "onnx-ids-optimized": ("HF tokenizer in Python + ids-in fused graph (fp32)", fp32),

@@ -30,8 +30,15 @@ def captured(ids_recipe, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def fused(captured):
-    return optimize.fuse(captured)
+def contrib(captured):
+    """Fused with the contrib Attention kept: what quantize_int8 starts from."""
+    return optimize.fuse(captured, standard=False)
+
+
+@pytest.fixture(scope="module")
+def fused(contrib):
+    """The fp32 artifact: contrib Attention -> Q/K/V MatMuls + the standard opset-23 Attention."""
+    return optimize.standardized(contrib)
 
 
 def _run(model, feeds):
@@ -58,6 +65,17 @@ def test_fusions_fire_on_the_dynamo_graph(captured, fused):
     assert fused.detail["nodes_after"] < fused.detail["nodes_before"] / 2
     assert fused.detail["folded_initializers"] == layers  # the packed QKV weights are stored packed
     onnx.checker.check_model(fused.model)
+    # ...and the attention itself runs in the standard op (faster on ORT's CPU, docs/performance.md)
+    assert fused.detail["standard_attention"] == layers
+    assert sum(n.op_type == "Attention" and n.domain == "" for n in fused.model.graph.node) == layers
+    assert "Attention" not in fused.detail["ops_after"]  # no com.microsoft Attention left
+    assert next(o.version for o in fused.model.opset_import if o.domain == "") == 23
+
+
+def test_fuse_finishes_with_the_standard_attention_by_default(captured, fused):
+    again = optimize.fuse(captured)
+    assert again.detail["standard_attention"] == fused.detail["standard_attention"]
+    assert [n.op_type for n in again.model.graph.node] == [n.op_type for n in fused.model.graph.node]
 
 
 def test_fused_graph_keeps_the_fp32_bar_against_sentence_transformers(ids_recipe, fused, sentence_transformer):
@@ -77,10 +95,10 @@ def test_fused_graph_handles_batch_zero(ids_recipe, fused):
 
 
 @pytest.fixture(scope="module")
-def int8(ids_recipe, fused):
+def int8(ids_recipe, contrib):
     texts = optimize.corpus_texts()
     calibration = [t for i, t in enumerate(texts) if i % 8 == 0]  # 150 texts, disjoint from the check below
-    return optimize.quantize_int8(fused.model, _feeds(ids_recipe, calibration))
+    return optimize.quantize_int8(contrib.model, _feeds(ids_recipe, calibration))
 
 
 def test_int8_keeps_cosine_on_the_corpus(ids_recipe, fused, int8):
@@ -203,6 +221,54 @@ def test_bias_add_after_dynamic_quantize_matmul_is_folded_into_it():
     assert optimize.fold_bias_into_dynamic_matmul(other) == 0
 
 
+def _attention_model(opset=18, out_projection=True):
+    """A contrib Attention (packed QKV, biases, additive key mask [B, 1, S, S]), optionally
+    followed by an output projection MatMul + Add, as fuse() leaves BERT's attention."""
+    rng = np.random.default_rng(3)
+    d, heads = 16, 2
+    arrays = {"w": rng.standard_normal((d, 3 * d)) / 4, "b": rng.standard_normal(3 * d),
+              "w_o": rng.standard_normal((d, d)) / 4, "b_o": rng.standard_normal(d)}
+    inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in arrays.items()]
+    y = "context" if out_projection else "y"
+    nodes = [helper.make_node("Attention", ["x", "w", "b", "", "", "bias"], [y], domain="com.microsoft",
+                              num_heads=heads)]
+    if out_projection:
+        nodes += [helper.make_node("MatMul", ["context", "w_o"], ["projected"]),
+                  helper.make_node("Add", ["projected", "b_o"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5, d]),
+                                           helper.make_tensor_value_info("bias", TensorProto.FLOAT, [2, 1, 5, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5, d])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
+                                                    helper.make_opsetid("com.microsoft", 1)], ir_version=10)
+    keep = np.ones((2, 5), bool)
+    keep[1, 3:] = False  # row 1 is padded: its last two keys are masked
+    feed = {"x": rng.standard_normal((2, 5, d)).astype(np.float32),
+            "bias": np.broadcast_to(np.where(keep, 0, -3.4e38)[:, None, None, :], (2, 1, 5, 5)).astype(np.float32)}
+    return model, feed
+
+
+@pytest.mark.parametrize("out_projection", [True, False])
+def test_standard_attention_computes_what_the_contrib_attention_did(out_projection):
+    model, feed = _attention_model(out_projection=out_projection)
+    want = optimize._session(model).run(None, feed)[0]
+    assert optimize.standard_attention(model) == 1
+    onnx.checker.check_model(model, full_check=True)
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("Attention") == 1 and ops.count("MatMul") == 3 + out_projection
+    # Q keeps its bias Add; K's is dropped (softmax ignores a per-row constant); V's folds into
+    # the output projection's bias, or is added after the attention when there is none
+    adds = sorted(n.name.rsplit("/", 1)[-1] for n in model.graph.node if n.op_type == "Add")
+    assert adds == (["", "q_bias"] if out_projection else ["q_bias", "v_bias"])
+    got = optimize._session(model).run(None, feed)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_standard_attention_leaves_graphs_before_opset_18_alone():
+    model, _ = _attention_model(opset=17)
+    assert optimize.standard_attention(model) == 0
+    assert [n.op_type for n in model.graph.node] == ["Attention", "MatMul", "Add"]
+
+
 def test_int8_tolerance_is_a_cosine_bar():
     from exportable.recipe import Tolerance
 
@@ -221,6 +287,7 @@ def test_export_writes_gated_optimized_and_int8_models(tmp_path):
         model = onnx.load(str(tmp_path / "a" / name))
         meta = {p.key: p.value for p in model.metadata_props}
         assert meta["exportable.recipe"] == "sentence_bert"
+        assert meta["exportable.opset"] == str(next(o.version for o in model.opset_import if o.domain == ""))
     stages = {s.name: s for s in result.report.stages}
     assert stages["optimize:onnx"].detail["fused_ops"]["Attention"] == 6
     assert stages["verify:onnx.int8"].status == "ok"
