@@ -881,7 +881,8 @@ def standard_attention(model) -> int:
     Measured on this machine (ORT 1.31, 2 threads): the contrib CPU kernel's scores/softmax/
     context part costs 0.71 ms per layer at [32, 16, 384] and ~10 ms at [32, 128, 384]; the
     opset-23 kernel does the same in 0.24 and 5.7 ms (torch's SDPA: 0.24 and 5.7). End to end
-    (text in): batch 1 -7 %, 32 x 16 tokens -6 %, 32 x 128 tokens -3 %.
+    (text in, five interleaved A/B runs; the three 384-wide GEMMs are a little slower than one
+    packed one): batch 1 -2.5 %, 32 x 16 and 32 x 128 tokens -3.5 % on average.
 
     Biases, exactly: K's bias adds q.b_k to every score of a query row, which softmax ignores, so
     it is dropped; the softmax weights of a row sum to 1, so V's bias passes through attention
