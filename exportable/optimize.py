@@ -878,11 +878,11 @@ def standard_attention(model) -> int:
     """Fused com.microsoft Attention -> Q, K, V MatMuls + the standard ai.onnx Attention (opset
     23), in place; the default domain is re-imported at 23. Returns the nodes rewritten.
 
-    Measured on this machine (ORT 1.31, 2 threads): the contrib CPU kernel's scores/softmax/
-    context part costs 0.71 ms per layer at [32, 16, 384] and ~10 ms at [32, 128, 384]; the
-    opset-23 kernel does the same in 0.24 and 5.7 ms (torch's SDPA: 0.24 and 5.7). End to end
-    (text in, five interleaved A/B runs; the three 384-wide GEMMs are a little slower than one
-    packed one): batch 1 -2.5 %, 32 x 16 and 32 x 128 tokens -3.5 % on average.
+    Measured on this machine (ORT 1.31, 2 threads; docs/performance.md): in the ORT profile at
+    32 x 16 tokens the contrib op takes 13.4-14.5 ms for 6 layers, its per-head QKV projection
+    included; the opset-23 op 1.9 ms plus three 384-wide MatMuls. End to end (text in, seven
+    interleaved A/B runs against the contrib graph): 32 x 16 tokens -4.2 % on average (-0.4 to
+    -6.5 %), 32 x 128 -3.4 % (+0.2 to -5.8 %), batch 1 -1.9 % (+0.8 to -7 %).
 
     Biases, exactly: K's bias adds q.b_k to every score of a query row, which softmax ignores, so
     it is dropped; the softmax weights of a row sum to 1, so V's bias passes through attention
