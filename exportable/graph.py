@@ -199,6 +199,9 @@ def describe_values(values: Iterable[onnx.ValueInfoProto]) -> list[dict]:
     return out
 
 
+NONEMPTY_SUFFIX = "/exportable_nonempty"
+
+
 def guard_empty_batch(model: onnx.ModelProto, prefix: str = "exportable_empty_batch") -> bool:
     """Run an empty batch as one blank row (zeros, or "" for strings) and cut the outputs back to
     zero rows. Some kernels die on a zero-size batch instead of returning nothing: ONNX Runtime's
@@ -207,11 +210,13 @@ def guard_empty_batch(model: onnx.ModelProto, prefix: str = "exportable_empty_ba
     see it. Every input whose dim 0 is not fixed is a batch input (all get padded alike);
     outputs whose dim 0 is not fixed are sliced to [:0] only when the batch is empty, and their
     other dynamic dims (a sequence) too, as a real empty batch pads to width 0. Returns False
-    (graph untouched) when no input has a dynamic dim 0."""
+    (graph untouched) when no input has a dynamic dim 0; a guarded graph is left as it is."""
     import numpy as np
     from onnx import helper, numpy_helper
 
     g = model.graph
+    if any(o.endswith(NONEMPTY_SUFFIX) for n in g.node for o in n.output):
+        return True  # guarded already (the fp32 standard attention, then int8): once covers it all
     init_names = {i.name for i in g.initializer}
     batch_inputs = [i for i in g.input if i.name not in init_names and i.type.tensor_type.shape.dim
                     and not i.type.tensor_type.shape.dim[0].HasField("dim_value")]
@@ -226,7 +231,7 @@ def guard_empty_batch(model: onnx.ModelProto, prefix: str = "exportable_empty_ba
              helper.make_node("Max", [f"{p}/rows", f"{p}/one"], [f"{p}/kept"])]
     for value in batch_inputs:
         x, q = value.name, f"{p}/{value.name}"
-        inner = f"{x}/exportable_nonempty"
+        inner = f"{x}{NONEMPTY_SUFFIX}"
         for node in g.node:
             node.input[:] = [inner if i == x else i for i in node.input]
         elem = value.type.tensor_type.elem_type

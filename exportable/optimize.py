@@ -624,8 +624,11 @@ def quantize_int8(model, feeds: Sequence[Mapping[str, np.ndarray]], *, target: f
     """Dynamic int8 for every GEMM with constant weights, keeping the most sensitive ones in fp32
     until the minimum per-row cosine against fp32 on `feeds` is >= target + margin.
 
-    `model` should be fused first (fuse()): its Attention nodes become QAttention. `feeds` are
-    calibration inputs (a varied corpus, batched); the final gate belongs to the caller.
+    `model` should be fused first, with `fuse(model, standard=False)`: its Attention nodes become
+    QAttention. The default `fuse()` output works too, its Q, K and V MatMuls quantized as three
+    plain sites (measured on all-MiniLM-L6-v2: 36/36 int8, calibration min cosine 0.9953 vs
+    0.9949, speed within noise). `feeds` are calibration inputs (a varied corpus, batched); the
+    final gate belongs to the caller.
     margin: measured on all-MiniLM-L6-v2 with 256 calibration texts, the minimum cosine over
     1,400 texts (the 1,200-string corpus + 200 sentences) fell up to 0.0017 below the
     calibration minimum (0.9908 vs 0.9919, every GEMM int8 with symmetric per-row
@@ -942,7 +945,7 @@ def standard_attention(model) -> int:
         _drop_unused_initializers(model)
         # ORT's opset-23 kernel fails on zero rows ("Batch size must be greater than 0"), where
         # the contrib one returned [0, ...]: run an empty batch as one blank row instead.
-        graph_mod.guard_empty_batch(model, prefix="exportable_empty_batch_attention")
+        graph_mod.guard_empty_batch(model)
     return count
 
 

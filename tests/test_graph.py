@@ -41,3 +41,23 @@ def test_saved_model_is_one_file(tmp_path):
     model.graph.initializer.append(big)  # 4 MB: onnx would externalise it if asked to
     graph.save_single_file(model, tmp_path / "m.onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_empty_batch_guard_returns_zero_rows_and_applies_once():
+    # Reshape to [-1, 2, 2] is ambiguous on zero rows; the guard runs one blank row instead.
+    consts = [onnx.numpy_helper.from_array(np.array(v, np.int64), n) for n, v in (("shape", [-1, 2, 2]),
+                                                                                   ("axes", [1, 2]))]
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["r"]),
+             helper.make_node("ReduceSum", ["r", "axes"], ["y"], keepdims=0)]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch"])], consts)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    assert graph.guard_empty_batch(model)
+    count = len(model.graph.node)
+    # a second stage guarding again (fp32 standard attention, then int8) changes nothing
+    assert graph.guard_empty_batch(model) and len(model.graph.node) == count
+    onnx.checker.check_model(model, full_check=True)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert sess.run(None, {"x": np.zeros((0, 4), np.float32)})[0].shape == (0,)
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    np.testing.assert_array_equal(sess.run(None, {"x": x})[0], x.sum(1))
