@@ -23,6 +23,8 @@ stages, bench.py) gate each result by parity before anyone times or ships it:
 from __future__ import annotations
 
 import collections
+import contextlib
+import logging
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -82,10 +84,16 @@ def fuse(model, *, standard: bool = True) -> Transformed:
     before = len(model.graph.node)
     ir_model = ir.from_proto(model)
     try:
-        ir_model, rule_counts = optimize_for_ort(ir_model)
+        with _quiet_loggers("onnx_ir", "onnxscript"):
+            ir_model, rule_counts = optimize_for_ort(ir_model)
     except Exception as exc:
         raise ExportError(f"graph fusion failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from exc
     fused = ir.to_proto(ir_model)
+    # onnx-ir writes the types it inferred as value_info, and on a legacy-exporter graph with a
+    # scripted Loop (token_tagger's Viterbi) it typed a sequence-carrying Loop output as a tensor:
+    # ONNX Runtime then refused the file ("Type (tensor(int64)) of output arg (/crf/Loop_output_2)
+    # ... does not match expected type (seq(tensor(int64)))"). ORT infers every type itself.
+    del fused.graph.value_info[:]
     folded = fold_constant_concats(fused)
     unnamed = drop_unused_outputs(fused)
     fired = fused_op_counts(fused)
@@ -101,6 +109,21 @@ def fuse(model, *, standard: bool = True) -> Transformed:
         "standard_attention": standardized,
         "seconds": round(time.perf_counter() - start, 2),
     })
+
+
+@contextlib.contextmanager
+def _quiet_loggers(*names: str):
+    """onnx-ir logs a skipped shape inference as a warning with a full traceback (on graphs
+    with sequence-typed Loop outputs); the fusion result is gated by parity, not by that."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def standardized(contrib: Transformed) -> Transformed:
@@ -821,7 +844,7 @@ def export_stages(recipe, folder: Path, report, cases, expected, *, quantize: st
         progress(f"optimize:onnx fused {fused.detail['fused_ops']}, {fused.detail['nodes_before']} -> "
                  f"{fused.detail['nodes_after']} nodes")
     with stage("verify:onnx.optimized") as st:
-        results = _verify(runtime.load(Path(folder) / OPTIMIZED_FILE, threads), recipe, cases, expected,
+        results = _verify(_load_or_fail(Path(folder) / OPTIMIZED_FILE, threads), recipe, cases, expected,
                           recipe.tolerances())
         report.parity["onnx.optimized"] = results
         st.status = "ok" if all(r.passed for r in results) else "failed"
@@ -838,10 +861,23 @@ def export_stages(recipe, folder: Path, report, cases, expected, *, quantize: st
         st.detail.update(json_safe(q.detail))
     with stage("verify:onnx.int8") as st:
         tolerances = int8_tolerances(recipe.tolerances())
-        results = _verify(runtime.load(Path(folder) / INT8_FILE, threads), recipe, cases, expected, tolerances)
+        results = _verify(_load_or_fail(Path(folder) / INT8_FILE, threads), recipe, cases, expected, tolerances)
         report.parity["onnx.int8"] = results
         st.detail["tolerances"] = json_safe({k: t.as_dict() for k, t in tolerances.items()})
         st.status = "ok" if all(r.passed for r in results) else "failed"
+
+
+def _load_or_fail(path: Path, threads: int | None):
+    """A session on a model this module wrote, or an ExportError naming the file (one line, no
+    traceback): a transform that yields a graph ONNX Runtime refuses is a failed export."""
+    from . import runtime
+
+    try:
+        return runtime.load(path, threads)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"{path.name} does not load in ONNX Runtime ({first}); export without "
+                          "--optimize/--quantize, and report this graph") from exc
 
 
 OPTIONAL_OUTPUTS = {("", "LayerNormalization"): 1, (MS_DOMAIN, "SkipLayerNormalization"): 1,

@@ -309,3 +309,16 @@ def test_cli_optimize_flags_are_checked_before_any_work(tmp_path):
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
         assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_optimize_keeps_a_scripted_viterbi_loop_loadable(tmp_path):
+    """token_tagger's legacy-exported graph carries a sequence through a Loop; onnx-ir's inferred
+    value_info typed it as a tensor and ONNX Runtime refused the fused file (a traceback)."""
+    from exportable import api
+
+    result = api.export_recipe("token_tagger", out=tmp_path / "t", optimize=True)
+    assert result.passed
+    assert all(r.passed for r in result.report.parity["onnx.optimized"])
+    model = onnx.load(str(tmp_path / "t" / optimize.OPTIMIZED_FILE))
+    assert any(n.op_type == "Loop" for n in model.graph.node)
