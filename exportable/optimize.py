@@ -829,7 +829,7 @@ def export_stages(recipe, folder: Path, report, cases, expected, *, quantize: st
     "onnx.optimized" / "onnx.int8", so a failure fails the export like any other format."""
     import onnx
 
-    from . import graph, runtime
+    from . import graph
     from .errors import InputError
 
     base = Path(folder) / "model.onnx"
