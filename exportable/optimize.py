@@ -53,7 +53,10 @@ GELU_OPS = {(MS_DOMAIN, "BiasGelu"), (MS_DOMAIN, "Gelu"), (MS_DOMAIN, "FastGelu"
 
 def fused_op_counts(model) -> dict[str, int]:
     """com.microsoft ops in the graph, by type (only the ones that are present)."""
-    counts = collections.Counter(n.op_type for n in model.graph.node if n.domain == MS_DOMAIN and n.op_type in FUSED_OPS)
+    from .unpad import layer_nodes
+
+    counts = collections.Counter(n.op_type for n in layer_nodes(model.graph)
+                                 if n.domain == MS_DOMAIN and n.op_type in FUSED_OPS)
     return dict(sorted(counts.items()))
 
 
@@ -127,15 +130,20 @@ def _quiet_loggers(*names: str):
 
 
 def standardized(contrib: Transformed) -> Transformed:
-    """A copy of a `fuse(..., standard=False)` result, finished as `fuse()` would finish it."""
+    """A copy of a `fuse(..., standard=False)` result, finished as `fuse()` would finish it: the
+    standard attention, then the layers on real tokens only for padded batches (unpad.py)."""
     import onnx
+
+    from .unpad import layer_nodes, unpad_tokens
 
     model = onnx.ModelProto()
     model.CopyFrom(contrib.model)
     count = standard_attention(model)
+    packed = unpad_tokens(model) if count else 0
     onnx.checker.check_model(model)
-    return Transformed(model, {**contrib.detail, "nodes_after": len(model.graph.node), "standard_attention": count,
-                               "ops_after": fused_op_counts(model)})
+    return Transformed(model, {**contrib.detail, "nodes_after": sum(1 for _ in layer_nodes(model.graph)),
+                               "standard_attention": count,
+                               "token_unpadding": packed, "ops_after": fused_op_counts(model)})
 
 
 def fold_constant_concats(model) -> int:

@@ -83,6 +83,11 @@ def session_options(custom_domains, threads: int | None = None):
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads or available_cpus()
     so.inter_op_num_threads = 1
+    # Softmax over long padded rows leaves denormal probabilities (exp of scores ~100 below the
+    # row's max), and x86 runs the attention GEMMs on them at a fraction of speed: measured on
+    # sentence_bert, mixed-length 32 x 256 tokens 1,357 -> 1,121 ms, 32 x 128 443 -> 428 ms,
+    # output bit-identical (issue 10). Flushing them to zero changes nothing a float32 bar sees.
+    so.add_session_config_entry("session.set_denormal_as_zero", "1")
     unknown = sorted(set(custom_domains) - BUILTIN_DOMAINS - EXTENSIONS_DOMAINS)
     if unknown:
         # Never load a library named by the model file itself: only the extensions we ship.

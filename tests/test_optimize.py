@@ -6,7 +6,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from exportable import optimize, parity, samples
+from exportable import optimize, parity, samples, unpad
+from exportable.bench import bench_case
 from exportable.recipe import Case
 
 
@@ -50,7 +51,7 @@ def _feeds(recipe, texts, batch=32):
     return [recipe.feed(Case(f"b{i}", texts[i:i + batch]), "onnx") for i in range(0, len(texts), batch)]
 
 
-def test_fusions_fire_on_the_dynamo_graph(captured, fused):
+def test_fusions_fire_on_the_dynamo_graph(captured, contrib, fused):
     layers = 6
     assert optimize.fused_op_counts(captured) == {}
     counts = fused.detail["fused_ops"]
@@ -62,12 +63,13 @@ def test_fusions_fire_on_the_dynamo_graph(captured, fused):
     assert counts.get("BiasGelu", 0) + counts.get("FastGelu", 0) + counts.get("Gelu", 0) == layers
     ops = {n.op_type for n in fused.model.graph.node}
     assert not ops & {"Softmax", "Erf", "IsNaN"}, "attention or gelu left unfused"
-    assert fused.detail["nodes_after"] < fused.detail["nodes_before"] / 2
+    assert contrib.detail["nodes_after"] < contrib.detail["nodes_before"] / 2  # the fusions (before the
+    # standard attention and the unpadding add their Q/K/V MatMuls and the If's head back)
     assert fused.detail["folded_initializers"] == layers  # the packed QKV weights are stored packed
     onnx.checker.check_model(fused.model)
     # ...and the attention itself runs in the standard op (faster on ORT's CPU, docs/performance.md)
     assert fused.detail["standard_attention"] == layers
-    assert sum(n.op_type == "Attention" and n.domain == "" for n in fused.model.graph.node) == layers
+    assert sum(n.op_type == "Attention" and n.domain == "" for n in unpad.layer_nodes(fused.model.graph)) == layers
     assert "Attention" not in fused.detail["ops_after"]  # no com.microsoft Attention left
     assert next(o.version for o in fused.model.opset_import if o.domain == "") == 23
 
@@ -92,6 +94,66 @@ def test_fused_graph_handles_batch_zero(ids_recipe, fused):
     session = optimize._session(fused.model)
     feed = {k: np.zeros((0, 5), np.int64) for k in ids_recipe.id_input_names}
     assert session.run(None, feed)[0].shape == (0, 384)
+
+
+def _packs(model, feed) -> bool:
+    """Whether the graph's If took the packed branch (real tokens only) for this feed."""
+    flag = f"{unpad.PREFIX}/pack"
+    session = optimize._session(model, extra_outputs=[flag])
+    names = [o.name for o in session.get_outputs()]
+    return bool(session.run(None, feed)[names.index(flag)])
+
+
+def test_padded_batches_run_the_layers_on_real_tokens_only(ids_recipe, fused, sentence_transformer):
+    assert fused.detail["token_unpadding"] == 6
+    top = [n.op_type for n in fused.model.graph.node]
+    assert top.count("If") == 1 and "Attention" not in top and "MatMul" not in top  # the layers are in the If
+    texts = [samples.long_text(180, seed=5)] + samples.sentences(15, seed=9)  # one long text, 15 short ones
+    feed = ids_recipe.feed(Case("mixed", texts), "onnx")
+    assert 1 - feed["attention_mask"].mean() >= 0.5  # mostly padding
+    assert _packs(fused.model, feed)
+    got = optimize._session(fused.model).run(None, feed)[0]
+    want = sentence_transformer.encode(texts, batch_size=16, convert_to_numpy=True)
+    tol = ids_recipe.tolerances()["sentence_embedding"]
+    m = parity.compare_tensor("sentence_embedding", got, want, tol)
+    assert parity.failure_reason(m, tol) is None and m.max_abs <= 1e-5, (m.max_abs, m.min_cosine)
+    # texts of one length have no padding: the If runs the layers as they were
+    equal = ids_recipe.feed(bench_case(ids_recipe, "short", 8), "onnx")
+    assert equal["attention_mask"].all() and not _packs(fused.model, equal)
+
+
+def test_the_packed_branch_matches_encode_without_padding_too(ids_recipe, contrib, sentence_transformer, monkeypatch):
+    monkeypatch.setattr(unpad, "PACK_MIN_PADDING", (0, 1))  # pack every batch
+    forced = optimize.standardized(contrib).model
+    texts = list(bench_case(ids_recipe, "short", 6).data) + ["", "Café 東京 😀"]
+    feed = ids_recipe.feed(Case("any", texts), "onnx")
+    assert _packs(forced, feed)
+    got = optimize._session(forced).run(None, feed)[0]
+    want = sentence_transformer.encode(texts, batch_size=8, convert_to_numpy=True)
+    assert np.abs(got - want).max() <= 1e-5
+    assert optimize._session(forced).run(None, {k: np.zeros((0, 5), np.int64)
+                                                 for k in ids_recipe.id_input_names})[0].shape == (0, 384)
+
+
+def test_unpadding_keeps_real_token_rows_and_zeroes_the_padding():
+    """On one attention layer: the packed graph's real rows equal the padded graph's, its pad rows
+    come back as zeros (masked pooling ignores them)."""
+    model, feed = _attention_model()
+    assert optimize.standard_attention(model) == 1
+    want = optimize._session(model).run(None, feed)[0]
+    assert unpad.unpad_tokens(model) == 1
+    onnx.checker.check_model(model, full_check=True)
+    got = optimize._session(model).run(None, feed)[0]
+    keep = feed["bias"][:, 0, 0, :] == 0
+    np.testing.assert_allclose(got[keep], want[keep], rtol=1e-6, atol=1e-6)
+    assert not got[~keep].any() and want[~keep].any()
+
+
+def test_unpadding_leaves_graphs_without_the_standard_attention_alone():
+    model, _ = _attention_model()  # contrib Attention: nothing to pad for
+    before = [n.op_type for n in model.graph.node]
+    assert unpad.unpad_tokens(model) == 0
+    assert [n.op_type for n in model.graph.node] == before
 
 
 @pytest.fixture(scope="module")
