@@ -211,9 +211,11 @@ def flops_per_token(model) -> float | None:
 
     if model is None:
         return None
+    from .unpad import layer_nodes
+
     inits = {i.name: list(i.dims) for i in model.graph.initializer}
     total = 0
-    for node in model.graph.node:
+    for node in layer_nodes(model.graph):  # an optimized graph keeps its layers inside an If
         if node.op_type in ("MatMul", "Gemm", "Attention", "DynamicQuantizeMatMul", "QAttention") and len(node.input) > 1:
             dims = inits.get(node.input[1])
             if dims and len(dims) == 2:
