@@ -351,8 +351,8 @@ def build_models(recipe: Recipe, folder: Path, wanted: Sequence[str], opset: int
     contrib: list = []
 
     def contrib_fused():
-        """int8 and fp16 start from the contrib Attention (QAttention, the CUDA kernels); with only
-        a fused file given (--artifact), from that (its Q/K/V MatMuls quantize as plain GEMMs)."""
+        """fp16 starts from the contrib Attention (the CUDA kernels); with only a fused file given
+        (--artifact), from that."""
         if not contrib:
             contrib.append(optimize.fuse(onnx.load(str(base)), standard=False) if base.is_file()
                            else optimize.Transformed(onnx.load(str(fused_path))))
@@ -370,7 +370,7 @@ def build_models(recipe: Recipe, folder: Path, wanted: Sequence[str], opset: int
         cases = optimize.calibration_cases(recipe, limit=1 if quick else optimize.CALIBRATION_BATCHES)
         feeds = [recipe.feed(c, "onnx") for c in cases]
         try:
-            q = optimize.quantize_int8(contrib_fused().model, feeds, threads=threads, progress=progress)
+            q = optimize.quantize_int8(onnx.load(str(fused_path)), feeds, threads=threads, progress=progress)
         except ExportError as exc:  # e.g. a conv net: no GEMMs to quantize; the other variants still run
             built["onnx-int8"] = {"error": str(exc)}
         else:

@@ -20,54 +20,118 @@ from __future__ import annotations
 import numpy as np
 
 MS_DOMAIN = "com.microsoft"
+STANDARD = ("", "ai.onnx")
 PREFIX = "exportable_unpad"
 # Below this share of padding the packed branch's gathers cost more than the GEMM rows they save.
 PACK_MIN_PADDING = (1, 8)  # numerator, denominator
-ELEMENTWISE = {"Add", "Sum", "Mul"}
+ELEMENTWISE = {"Add", "Sum", "Mul", "Max"}
+# GEMMs with a constant [K, N] weight as input 1, per token on input 0 (the int8 graph's too)
+WEIGHTED = {("", "MatMul"), (MS_DOMAIN, "DynamicQuantizeMatMul"), (MS_DOMAIN, "MatMulIntegerToFloat"),
+            (MS_DOMAIN, "QAttention")}
+
+
+def _is_attention(node) -> bool:
+    """The attentions the packed branch pads for: the standard opset-23 op (Q, K, V in) and the
+    int8 graph's QAttention (the quantized layer input in, QKV projected inside)."""
+    return ((node.op_type == "Attention" and (node.domain or "") in STANDARD)
+            or (node.op_type == "QAttention" and node.domain == MS_DOMAIN))
+
+
+def _padded_inputs(node) -> tuple[int, ...]:
+    return (0,) if node.op_type == "QAttention" else (0, 1, 2)
 
 
 def unpad_tokens(model) -> int:
     """Rewrite the layers between the first attention's input and the pooling so that they run
     on real tokens only when a batch is padded. Needs standard (opset-23) Attention nodes that
-    share one additive attention bias [B, 1|N, S, S] (0 where a key is kept). Returns the number
-    of attention layers moved into the packed branch (0: graph untouched)."""
+    share one additive attention bias [B, 1|N, S, S] (0 where a key is kept), or the int8 graph's
+    QAttention nodes sharing one key mask made from such a bias (optimize._mask_index_nodes).
+    Returns the number of attention layers moved into the packed branch (0: graph untouched).
+
+    In the int8 graph the per-tensor activation scales (DynamicQuantizeLinear, and inside
+    DynamicQuantizeMatMul) then come from the real tokens only; quantize_int8 measures its
+    accuracy on the result."""
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
-    attentions = [n for n in graph.node if n.op_type == "Attention" and n.domain in ("", "ai.onnx")]
-    if not attentions or len({n.input[3] if len(n.input) > 3 else "" for n in attentions}) != 1:
+    attentions = [n for n in graph.node if _is_attention(n)]
+    others = [n for n in graph.node if n.op_type in ("Attention", "MultiHeadAttention") and not _is_attention(n)]
+    if not attentions or others:
         return 0
-    bias = attentions[0].input[3]
-    if not bias:
+    masks = {n.input[5] if n.op_type == "QAttention" else n.input[3] for n in attentions if _mask_input(n)}
+    sources = {_mask_source(graph, n) for n in attentions}
+    if len(sources) != 1 or None in sources:
         return 0
+    bias, keep = sources.pop()
     seed = _layer_input(graph, attentions[0], inits)
     if seed is None:
         return 0
-    region = _per_token_region(graph, seed, bias, inits)
+    region = _per_token_region(graph, seed, masks, inits)
     if not all(any(n is r for r in region) for n in attentions):
         return 0
     outputs = _region_outputs(graph, region)
     if not outputs:
         return 0
     widths = _widths(region, inits)
-    attention_io = [t for a in attentions for t in (*a.input[:3], a.output[0])]
+    attention_io = [t for a in attentions for t in ([a.input[i] for i in _padded_inputs(a)] + [a.output[0]])]
     if any(t not in widths for t in (seed, *outputs, *attention_io)):
         return 0
-    _rebuild(model, region, seed, bias, outputs, widths)
+    _rebuild(model, region, seed, bias, keep, outputs, widths)
     return len(attentions)
+
+
+def _mask_input(node) -> str:
+    index = 5 if node.op_type == "QAttention" else 3
+    return node.input[index] if len(node.input) > index else ""
+
+
+def _mask_source(graph, attention):
+    """(bias, keep): the additive bias [B, 1|N, S, S] the attention's mask comes from, and the
+    graph's own bool token mask [B, S] if it has one. The opset-23 op reads the bias directly;
+    QAttention reads Where(keep = Equal(Squeeze(Slice(bias)), 0), 1, 0), its key mask
+    (optimize._mask_index_nodes), and the packed branch reuses that `keep` (recomputing it made
+    ONNX Runtime's common-subexpression pass warn "Implicit input name ... cannot be safely
+    updated" at every session start)."""
+    mask = _mask_input(attention)
+    if not mask:
+        return None
+    if attention.op_type == "Attention":
+        return (mask, None) if len([i for i in attention.input if i]) == 4 else None
+    node, keep = _producer(graph, mask), None
+    for op in ("Where", "Equal", "Squeeze", "Slice"):
+        if node is None or node.op_type != op:
+            return None
+        if op == "Equal":
+            keep = node.output[0]
+        if op == "Slice":
+            return node.input[0], keep
+        node = _producer(graph, node.input[0])
+    return None
 
 
 def _producer(graph, name):
     return next((n for n in graph.node if name in n.output), None)
 
 
+# what lies between a layer's input and its attention: the projection (MatMul + bias Add) and, in
+# int8 graphs, the quantizing ops, the row-scale and smoothing Muls
+PROJECTION_CHAIN = {"Add", "Mul", "MatMul", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QuantizeLinear",
+                    "DynamicQuantizeLinear"}
+
+
 def _layer_input(graph, attention, inits):
-    """The tensor the first attention's query projection reads: MatMul(x, W) [+ bias]."""
-    node = _producer(graph, attention.input[0])
-    if node is not None and node.op_type == "Add":
-        node = next((_producer(graph, i) for i in node.input if i not in inits), None)
-    if node is None or node.op_type != "MatMul" or node.input[1] not in inits:
-        return None
-    return node.input[0]
+    """The tensor the first attention's query projection reads: walk back from the attention's
+    first input through PROJECTION_CHAIN to the first tensor something else produced (the
+    embeddings' LayerNorm). Whether the layers really are per token from there is checked by
+    the region that grows from it."""
+    name, steps = attention.input[0], 0
+    while True:
+        node = _producer(graph, name)
+        if node is None or node.op_type not in PROJECTION_CHAIN:
+            return name if steps else None
+        name = next((i for i in node.input if i and i not in inits), None)
+        if name is None:
+            return None
+        steps += 1
 
 
 def _broadcasts_per_token(init) -> bool:
@@ -76,54 +140,125 @@ def _broadcasts_per_token(init) -> bool:
     return all(d == 1 for d in dims[:-1])
 
 
-def _per_token_region(graph, seed, bias, inits):
+def _per_token_region(graph, seed, masks, inits):
     """The nodes downstream of `seed` that treat each token alone, plus the attentions (which
-    read the shared bias and are padded for), in graph order."""
-    tensors, region = {seed}, []
+    read the shared mask and are padded for), in graph order."""
+    tensors, shapes, region = {seed}, set(), []
+    readers = {}
+    for node in graph.node:
+        for i in node.input:
+            readers.setdefault(i, []).append(node)
     for node in graph.node:
         reads = [i for i in node.input if i]
-        if not any(i in tensors for i in reads):
+        if not any(i in tensors or i in shapes for i in reads):
             continue
-        if not _token_wise(node, reads, tensors, bias, inits):
+        if node.op_type == "Shape" and _row_shape(node, tensors, readers.get(node.output[0], []), inits):
+            region.append(node)
+            shapes.add(node.output[0])
+            continue
+        if not _token_wise(node, reads, tensors, shapes, masks, inits):
             continue
         region.append(node)
         tensors.update(o for o in node.output if o)
     return region
 
 
-def _token_wise(node, reads, tensors, bias, inits) -> bool:
+def _attr(node, name, default=None):
+    return next((a for a in node.attribute if a.name == name), default)
+
+
+def _row_shape(node, tensors, readers, inits) -> bool:
+    """Shape(x) read only to Expand a scalar constant to x's shape (the per-row zero point of the
+    int8 graph's blocked QuantizeLinear): the same on [B, S, 1] and on packed [T, 1]."""
+    return (node.input[0] in tensors and not node.attribute and bool(readers)
+            and all(r.op_type == "Expand" and r.input[0] in inits and not inits[r.input[0]].dims for r in readers))
+
+
+def _token_wise(node, reads, tensors, shapes, masks, inits) -> bool:
     op, domain = node.op_type, node.domain or ""
-    if domain in ("", "ai.onnx") and op == "Attention":
-        return (len(node.output) == 1 and all(i in tensors for i in node.input[:3]) and node.input[3] == bias
+    standard = domain in STANDARD
+
+    def constant_or_region(names):
+        return all(i in tensors or i in inits for i in names if i)
+
+    if standard and op == "Attention":
+        return (len(node.output) == 1 and all(i in tensors for i in node.input[:3]) and node.input[3] in masks
                 and len([i for i in node.input if i]) == 4)
-    if domain in ("", "ai.onnx") and op == "MatMul":
-        return node.input[0] in tensors and node.input[1] in inits and len(inits[node.input[1]].dims) == 2
-    if domain in ("", "ai.onnx") and op in ELEMENTWISE:
+    if domain == MS_DOMAIN and op == "QAttention":
+        ins = list(node.input) + [""] * 8
+        return (len([o for o in node.output if o]) == 1 and ins[0] in tensors and ins[5] in masks
+                and _weight_2d(ins[1], inits) and constant_or_region([ins[i] for i in (2, 3, 4, 6, 7)]))
+    if (domain, op) in WEIGHTED:
+        return (node.input[0] in tensors and _weight_2d(node.input[1], inits)
+                and constant_or_region(node.input[2:]))
+    if standard and op == "DynamicQuantizeLinear":
+        return node.input[0] in tensors
+    if standard and op == "QuantizeLinear":  # per tensor, or blocked along the last axis (per row)
+        scale = node.input[1]
+        blocked = _attr(node, "block_size") is not None and _attr(node, "axis") is not None and _attr(node, "axis").i == -1
+        per_tensor = scale in inits and not inits[scale].dims
+        return node.input[0] in tensors and constant_or_region(node.input[1:]) and (blocked or per_tensor)
+    if standard and op in ("ReduceMax", "ReduceMin"):  # over the features of each token
+        axes = node.input[1] if len(node.input) > 1 else ""
+        keep = _attr(node, "keepdims")
+        return node.input[0] in tensors and axes in inits and _ints(inits[axes]) == [-1] and (keep is None or keep.i == 1)
+    if standard and op == "Expand":
+        return node.input[0] in inits and not inits[node.input[0]].dims and node.input[1] in shapes
+    if standard and op in ELEMENTWISE:
         return all(i in tensors or (i in inits and _broadcasts_per_token(inits[i])) for i in reads)
-    if domain in ("", "ai.onnx") and op == "LayerNormalization":
-        axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
-        return (axis == -1 and node.input[0] in tensors and all(i in inits for i in reads[1:])
+    if standard and op == "LayerNormalization":
+        axis = _attr(node, "axis")
+        return ((axis is None or axis.i == -1) and node.input[0] in tensors and all(i in inits for i in reads[1:])
                 and len([o for o in node.output if o]) == 1)
     if domain == MS_DOMAIN and op in ("BiasGelu", "FastGelu", "Gelu"):
         return node.input[0] in tensors and all(i in inits for i in reads[1:])
     return False
 
 
+def _weight_2d(name, inits) -> bool:
+    return name in inits and len(inits[name].dims) == 2
+
+
+def _ints(init) -> list[int]:
+    from onnx import numpy_helper
+
+    return numpy_helper.to_array(init).reshape(-1).tolist()
+
+
 def _widths(region, inits) -> dict[str, int]:
-    """The last dim of each region tensor, from the weights: a MatMul's input has its weight's
-    rows and its output the columns; an elementwise op, LayerNorm or GELU keeps its first
-    input's; an attention outputs its V's."""
+    """The last dim of each region tensor, from the weights: a GEMM's input has its weight's rows
+    and its output the columns (QAttention's: a third of them); an elementwise op, LayerNorm,
+    GELU or quantization keeps its first input's; a per-row reduction has 1; an attention outputs
+    its V's. Inputs that reach a GEMM only through width-keeping ops (the int8 graph's smoothing
+    Mul and DynamicQuantizeLinear) get theirs from the other side."""
     widths = {}
+    weighted = {id(node) for node in region if ((node.domain or ""), node.op_type) in WEIGHTED}
     for node in region:
-        if node.op_type == "MatMul":
+        if id(node) in weighted:
             widths.setdefault(node.input[0], inits[node.input[1]].dims[0])
-    for node in region:
-        if node.op_type == "MatMul":
-            width = inits[node.input[1]].dims[1]
-        else:
-            width = widths.get(node.input[2] if node.op_type == "Attention" else node.input[0])
-        if width is not None and node.output[0]:
-            widths[node.output[0]] = width
+
+    def keeps_width(node):
+        return id(node) not in weighted and node.op_type not in ("ReduceMax", "ReduceMin", "Expand", "Shape",
+                                                                    "Attention")
+
+    def forward():
+        for node in region:
+            if id(node) in weighted:
+                width = inits[node.input[1]].dims[1] // (3 if node.op_type == "QAttention" else 1)
+            elif node.op_type in ("ReduceMax", "ReduceMin", "Expand"):
+                width = 1
+            elif node.op_type == "Shape":
+                continue
+            else:
+                width = widths.get(node.input[2] if node.op_type == "Attention" else node.input[0])
+            if width is not None and node.output[0]:
+                widths[node.output[0]] = width
+
+    forward()
+    for node in reversed(region):
+        if keeps_width(node) and node.output[0] in widths:
+            widths.setdefault(node.input[0], widths[node.output[0]])
+    forward()
     return widths
 
 
@@ -144,32 +279,40 @@ def _region_outputs(graph, region):
     return [t for t in produced if t in read_outside]
 
 
-def _rebuild(model, region, seed, bias, outputs, widths) -> None:
+def _rebuild(model, region, seed, bias, keep, outputs, widths) -> None:
     from onnx import TensorProto, helper, numpy_helper
 
     graph = model.graph
     p = PREFIX
     num, den = PACK_MIN_PADDING
-    consts = {f"{p}/first": np.array([0, 0], np.int64), f"{p}/second": np.array([1, 1], np.int64),
-              f"{p}/axes": np.array([1, 2], np.int64), f"{p}/zero": np.array(0, np.float32),
-              f"{p}/flat": np.array([-1], np.int64), f"{p}/num": np.array(den - num, np.int64),
+    consts = {f"{p}/flat": np.array([-1], np.int64), f"{p}/num": np.array(den - num, np.int64),
               f"{p}/den": np.array(den, np.int64), f"{p}/pad_row": np.array([0, 0, 1, 0], np.int64)}
+    if not keep:
+        consts.update({f"{p}/first": np.array([0, 0], np.int64), f"{p}/second": np.array([1, 1], np.int64),
+                       f"{p}/axes": np.array([1, 2], np.int64), f"{p}/zero": np.array(0, np.float32)})
     n = helper.make_node
     # Which slots hold a real token: the bias row of query 0 is 0 exactly where a key is kept
     # (dynamo's SDPA mask, Where(mask, 0, min)); for BERT's padding mask that is the token mask.
-    head = [
+    head = [] if keep else [
         n("Slice", [bias, f"{p}/first", f"{p}/second", f"{p}/axes"], [f"{p}/row"], name=f"{p}/row"),
         n("Squeeze", [f"{p}/row", f"{p}/axes"], [f"{p}/row2"], name=f"{p}/row2"),
         n("Equal", [f"{p}/row2", f"{p}/zero"], [f"{p}/keep2"], name=f"{p}/keep2"),
-        n("Cast", [f"{p}/keep2"], [f"{p}/keep_i2"], name=f"{p}/keep_i2", to=TensorProto.INT64),
+    ]
+    keep = keep or f"{p}/keep2"
+    head += [
+        n("Cast", [keep], [f"{p}/keep_i2"], name=f"{p}/keep_i2", to=TensorProto.INT64),
         n("ReduceSum", [f"{p}/keep_i2"], [f"{p}/tokens0"], name=f"{p}/tokens0", keepdims=0),
-        n("Size", [f"{p}/keep2"], [f"{p}/slots"], name=f"{p}/slots"),
+        n("Size", [keep], [f"{p}/slots"], name=f"{p}/slots"),
         # pack only when at least num/den of the slots are padding: tokens * den <= slots * (den - num)
         n("Mul", [f"{p}/tokens0", f"{p}/den"], [f"{p}/lhs"], name=f"{p}/lhs"),
         n("Mul", [f"{p}/slots", f"{p}/num"], [f"{p}/rhs"], name=f"{p}/rhs"),
-        n("LessOrEqual", [f"{p}/lhs", f"{p}/rhs"], [f"{p}/pack"], name=f"{p}/pack"),
+        n("LessOrEqual", [f"{p}/lhs", f"{p}/rhs"], [f"{p}/padded_enough"], name=f"{p}/padded_enough"),
+        # ...and never with no real token at all (the empty-batch guard's blank row of an ids-in
+        # graph): ORT's ReduceMax/QuantizeLinear of the int8 graph fail on zero rows
+        n("Greater", [f"{p}/tokens0", _const(consts, 0)], [f"{p}/some_tokens"], name=f"{p}/some_tokens"),
+        n("And", [f"{p}/padded_enough", f"{p}/some_tokens"], [f"{p}/pack"], name=f"{p}/pack"),
     ]
-    then_graph = _packed_branch(region, seed, outputs, widths, consts)
+    then_graph = _packed_branch(region, seed, keep, outputs, widths, consts)
     else_graph = _padded_branch(region, outputs)
     head.append(n("If", [f"{p}/pack"], list(outputs), name=f"{p}/if", then_branch=then_graph,
                   else_branch=else_graph))
@@ -183,7 +326,7 @@ def _rebuild(model, region, seed, bias, outputs, widths) -> None:
     graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in consts.items())
 
 
-def _packed_branch(region, seed, outputs, widths, consts):
+def _packed_branch(region, seed, keep, outputs, widths, consts):
     """The region on [T, D] rows: gather the real tokens of `seed`, pad to [B, S, D] only the
     attention's Q, K, V, gather its context back, and pad the region's outputs at the end."""
     import copy
@@ -193,7 +336,7 @@ def _packed_branch(region, seed, outputs, widths, consts):
     p, q = PREFIX, f"{PREFIX}/packed"
     n = helper.make_node
     rename = {seed: f"{q}/{seed}"}
-    nodes = _token_index_nodes(seed, consts)
+    nodes = _token_index_nodes(seed, keep, consts)
     nodes += [n("Reshape", [seed, _const(consts, [-1, widths[seed]])], [f"{q}/{seed}/rows"], name=f"{q}/seed_rows"),
               n("Gather", [f"{q}/{seed}/rows", f"{p}/index"], [f"{q}/{seed}"], name=f"{q}/seed_gather", axis=0)]
 
@@ -212,8 +355,8 @@ def _packed_branch(region, seed, outputs, widths, consts):
         clone = copy.deepcopy(node)
         clone.name = f"{q}/{node.name or node.output[0]}"
         inputs = [rename.get(i, i) for i in node.input]
-        if node.op_type == "Attention":
-            for j in range(3):
+        if _is_attention(node):
+            for j in _padded_inputs(node):
                 padded = f"{inputs[j]}/padded"
                 pad(inputs[j], padded, widths[node.input[j]])
                 inputs[j] = padded
@@ -244,7 +387,7 @@ def _packed_branch(region, seed, outputs, widths, consts):
     return helper.make_graph(nodes, "packed_tokens", [], results)
 
 
-def _token_index_nodes(seed, consts):
+def _token_index_nodes(seed, keep, consts):
     """In the packed branch: `index` [T], the flat slots of the real tokens; `inverse` [B*S],
     each slot's row in [packed; one zero row] (its rank among the real tokens, or T for
     padding); `lead` = [B, S]."""
@@ -252,7 +395,7 @@ def _token_index_nodes(seed, consts):
 
     p, n = PREFIX, helper.make_node
     return [
-        n("Reshape", [f"{p}/keep2", f"{p}/flat"], [f"{p}/keep"], name=f"{p}/keep"),
+        n("Reshape", [keep, f"{p}/flat"], [f"{p}/keep"], name=f"{p}/keep"),
         n("NonZero", [f"{p}/keep"], [f"{p}/nz"], name=f"{p}/nz"),
         n("Reshape", [f"{p}/nz", f"{p}/flat"], [f"{p}/index"], name=f"{p}/index"),
         n("Shape", [f"{p}/index"], [f"{p}/tokens"], name=f"{p}/tokens"),
@@ -291,3 +434,38 @@ def layer_nodes(graph):
             yield from next(a.g.node for a in node.attribute if a.name == "else_branch")
         else:
             yield node
+
+
+def inline_padded(model) -> bool:
+    """Undo `unpad_tokens`, in place: the If becomes its padded branch again, under the original
+    names. quantize_int8 works on the plain layers (its sites, calibration and search), then
+    unpads the int8 graph itself. Returns whether there was an If to inline."""
+    graph = model.graph
+    at = next((i for i, node in enumerate(graph.node) if node.op_type == "If" and node.name == f"{PREFIX}/if"), None)
+    if at is None:
+        return False
+    q = f"{PREFIX}/padded/"
+    branch = next(a.g for a in graph.node[at].attribute if a.name == "else_branch")
+    nodes = []
+    for node in branch.node:
+        node.name = node.name[len(q):] if node.name.startswith(q) else node.name
+        node.input[:] = [i[len(q):] if i.startswith(q) else i for i in node.input]
+        node.output[:] = [o[len(q):] if o.startswith(q) else o for o in node.output]
+        nodes.append(node)
+    # the head (the If's condition) only served the If
+    head = {n.name for n in graph.node if n.name.startswith(f"{PREFIX}/") and n is not graph.node[at]}
+    kept = [n for n in graph.node[:at] if n.name not in head] + nodes + list(graph.node[at + 1:])
+    del graph.node[:]
+    graph.node.extend(kept)
+    used = {i for n in graph.node for i in n.input}
+    for init in [i for i in graph.initializer if i.name.startswith(f"{PREFIX}/") and i.name not in used]:
+        graph.initializer.remove(init)
+    return True
+
+
+def unpadded_layers(model) -> int:
+    """How many attention layers run in `unpad_tokens`' packed branch (0: not unpadded)."""
+    node = next((n for n in model.graph.node if n.op_type == "If" and n.name == f"{PREFIX}/if"), None)
+    if node is None:
+        return 0
+    return sum(_is_attention(n) for n in next(a.g for a in node.attribute if a.name == "then_branch").node)

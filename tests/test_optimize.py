@@ -32,7 +32,7 @@ def captured(ids_recipe, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def contrib(captured):
-    """Fused with the contrib Attention kept: what quantize_int8 starts from."""
+    """Fused with the contrib Attention kept (to_fp16 starts from it; `fused` is built from it)."""
     return optimize.fuse(captured, standard=False)
 
 
@@ -156,11 +156,15 @@ def test_unpadding_leaves_graphs_without_the_standard_attention_alone():
     assert [n.op_type for n in model.graph.node] == before
 
 
-@pytest.fixture(scope="module")
-def int8(ids_recipe, contrib):
+def _calibration_feeds(recipe):
     texts = optimize.corpus_texts()
-    calibration = [t for i, t in enumerate(texts) if i % 8 == 0]  # 150 texts, disjoint from the check below
-    return optimize.quantize_int8(contrib.model, _feeds(ids_recipe, calibration))
+    return _feeds(recipe, [t for i, t in enumerate(texts) if i % 8 == 0])  # 150 texts, disjoint from the checks
+
+
+@pytest.fixture(scope="module")
+def int8(ids_recipe, fused):
+    """From the fp32 artifact's graph, as `recipe --quantize int8` does."""
+    return optimize.quantize_int8(fused.model, _calibration_feeds(ids_recipe))
 
 
 def test_int8_keeps_cosine_on_the_corpus(ids_recipe, fused, int8):
@@ -184,14 +188,52 @@ def test_int8_graph_handles_batch_zero(ids_recipe, int8):
     assert session.run(None, feed)[0].shape == (2, 384)
 
 
+def test_int8_runs_padded_batches_on_real_tokens_only(ids_recipe, fused, int8, sentence_transformer):
+    """The int8 graph is unpadded like the fp32 one (quantized in its padded form, then unpadded):
+    a mixed batch takes the packed branch and keeps cosine >= 0.99 per text against `encode`."""
+    assert int8.detail["token_unpadding"] == 6
+    top = [n.op_type for n in int8.model.graph.node]
+    assert top.count("If") == 1 and "DynamicQuantizeMatMul" not in top and "MatMulIntegerToFloat" not in top
+    texts = [samples.long_text(180, seed=5)] + samples.sentences(15, seed=9)
+    feed = ids_recipe.feed(Case("mixed", texts), "onnx")
+    assert _packs(int8.model, feed)
+    got = optimize._session(int8.model).run(None, feed)[0]
+    want = sentence_transformer.encode(texts, batch_size=16, convert_to_numpy=True)
+    assert parity.row_cosines(got, want).min() >= optimize.INT8_MIN_COSINE
+    equal = ids_recipe.feed(bench_case(ids_recipe, "short", 8), "onnx")
+    assert not _packs(int8.model, equal)
+
+
+def test_int8_from_the_contrib_attention_is_unpadded_around_qattention(ids_recipe, contrib, fused):
+    """quantize_int8 on a `fuse(standard=False)` graph (QAttention): the packed branch pads the
+    quantized layer input for each QAttention, and a mixed batch still keeps cosine >= 0.99."""
+    q = optimize.quantize_int8(contrib.model, _calibration_feeds(ids_recipe)[:2])
+    assert q.detail["token_unpadding"] == 6 and q.detail["ops"].get("QAttention") == 6
+    texts = [samples.long_text(150, seed=6)] + samples.sentences(7, seed=10)
+    feed = ids_recipe.feed(Case("mixed", texts), "onnx")
+    assert _packs(q.model, feed)
+    got, want = _run(q.model, [feed])[0], _run(fused.model, [feed])[0]
+    assert parity.row_cosines(got, want).min() >= optimize.INT8_MIN_COSINE
+
+
+def test_inline_padded_undoes_the_unpadding(fused):
+    model = onnx.ModelProto()
+    model.CopyFrom(fused.model)
+    assert unpad.inline_padded(model)
+    onnx.checker.check_model(model)
+    assert "If" not in [n.op_type for n in model.graph.node]
+    assert not any(n.name.startswith(unpad.PREFIX) for n in model.graph.node)
+    assert unpad.unpad_tokens(model) == 6
+    assert not unpad.inline_padded(onnx.ModelProto())
+
+
 def test_int8_quantizes_most_gemms_and_says_which_stay_fp32(int8):
     d = int8.detail
-    assert d["sites"] == 24  # 6 layers x (QKV, attention out, FFN in, FFN out)
-    # 24/24 since per-row sites got their own zero point (23/24 before: layer 0's FFN2 stayed fp32)
-    assert d["int8"] >= 23 and d["int8"] + len(d["kept_fp32"]) == d["sites"]
+    assert d["sites"] == 36  # 6 layers x (Q, K, V, attention out, FFN in, FFN out); the attention stays fp32
+    assert d["int8"] >= 34 and d["int8"] + len(d["kept_fp32"]) == d["sites"]
     per_row = sum(p["activations"].startswith("per row") for p in d["plans"] if p["node"] not in d["kept_fp32"])
     assert d["ops"].get("MatMulIntegerToFloat", 0) == per_row
-    assert d["ops"].get("QAttention", 0) + d["ops"].get("DynamicQuantizeMatMul", 0) + per_row == d["int8"]
+    assert d["ops"].get("DynamicQuantizeMatMul", 0) + per_row == d["int8"]
     # the GELU outputs (>= -0.17) measured best with a low zero point, the attention context with 128
     zero_points = {p["activations"] for p in d["plans"] if p["activations"].startswith("per row")}
     assert "per row, zero point 128" in zero_points and len(zero_points) > 1
@@ -202,10 +244,10 @@ def test_int8_quantizes_most_gemms_and_says_which_stay_fp32(int8):
 
 # --- pieces, on tiny graphs ------------------------------------------------------------------
 
-def _model(nodes, inputs, outputs, inits):
+def _model(nodes, inputs, outputs, inits, opset=18):
     graph = helper.make_graph(nodes, "g", inputs, outputs, inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)],
-                             ir_version=9)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid("com.microsoft", 1)],
+                             ir_version=10)
 
 
 def test_fold_constant_concats_and_drop_unused_outputs():
@@ -252,14 +294,18 @@ def test_row_zero_point_follows_the_data_and_the_graph_computes_what_the_planner
     # the graph: quantize per row around zero point 16, MatMulIntegerToFloat, scale the rows
     wq, ws = optimize._quantize_weight(w)
     nodes, consts = optimize._rowwise_matmul("x", "wq", "ws", "y", "site", k, 16)
-    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 32, k])],
-                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 32, n])],
-                   consts + [numpy_helper.from_array(wq, "wq"), numpy_helper.from_array(ws, "ws")])
-    got = optimize._session(model).run(None, {"x": gelu_like.reshape(2, 32, k)})[0].reshape(64, n)
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                   consts + [numpy_helper.from_array(wq, "wq"), numpy_helper.from_array(ws, "ws")],
+                   opset=optimize.ROW_QUANTIZE_OPSET)
+    session = optimize._session(model)
     scale = optimize._row_scales(gelu_like.min(1, keepdims=True), gelu_like.max(1, keepdims=True), 16)
     xq = np.clip(np.round(gelu_like / scale) + 16, 0, 255)
     expected = ((xq - 16) @ wq.astype(np.float32)) * ws * scale
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    # padded [B, S, K] and packed [T, K] rows alike (unpad.py moves the site onto packed rows)
+    for shape in ((2, 32, k), (64, k)):
+        got = session.run(None, {"x": gelu_like.reshape(shape)})[0].reshape(64, n)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
 
 
 def test_bias_add_after_dynamic_quantize_matmul_is_folded_into_it():
