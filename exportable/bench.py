@@ -31,7 +31,6 @@ import math
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -41,7 +40,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from . import optimize, parity, runtime
-from .errors import ExportableError, ExportError, InputError
+from .errors import ExportError, InputError
 from .recipe import Case, Recipe, Tolerance
 
 LENGTHS = {"short": 16, "long": 128}

@@ -7,7 +7,7 @@ example and validation cases, the artifact's input/output specs and the toleranc
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 

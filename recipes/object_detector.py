@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import io
 from functools import cached_property
-from pathlib import Path
 
 import numpy as np
 

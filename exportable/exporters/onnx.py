@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import time
 import warnings
 from pathlib import Path
 from typing import Mapping, Sequence
