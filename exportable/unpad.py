@@ -57,7 +57,7 @@ def unpad_tokens(model) -> int:
     others = [n for n in graph.node if n.op_type in ("Attention", "MultiHeadAttention") and not _is_attention(n)]
     if not attentions or others:
         return 0
-    masks = {n.input[5] if n.op_type == "QAttention" else n.input[3] for n in attentions if _mask_input(n)}
+    masks = {_mask_input(n) for n in attentions} - {""}
     sources = {_mask_source(graph, n) for n in attentions}
     if len(sources) != 1 or None in sources:
         return 0
