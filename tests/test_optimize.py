@@ -135,16 +135,25 @@ def test_the_packed_branch_matches_encode_without_padding_too(ids_recipe, contri
                                                  for k in ids_recipe.id_input_names})[0].shape == (0, 384)
 
 
-def test_unpadding_keeps_real_token_rows_and_zeroes_the_padding():
-    """On one attention layer: the packed graph's real rows equal the padded graph's, its pad rows
-    come back as zeros (masked pooling ignores them)."""
+@pytest.mark.parametrize("keep", [
+    [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]],  # both texts longer than half the width: no short bucket
+    [[1, 1, 1, 1, 1], [1, 0, 0, 0, 0]],  # one text per length bucket
+    [[1, 1, 0, 0, 0], [1, 0, 0, 0, 0]],  # ids padded past the longest text: no long bucket
+    [[1, 0, 1, 1, 0], [1, 1, 1, 1, 1]],  # a mask with holes
+], ids=["no-short", "both", "no-long", "holes"])
+def test_unpadding_keeps_real_token_rows_and_zeroes_the_padding(keep):
+    """On one attention layer: the packed graph (the attention per length bucket) takes the real
+    rows to what the padded graph computes, its pad rows come back as zeros (masked pooling ignores
+    them). An empty bucket runs as one dummy row (ORT's kernel rejects a zero-row batch)."""
     model, feed = _attention_model()
+    keep = np.array(keep, bool)
+    feed["bias"] = np.broadcast_to(np.where(keep, 0, -3.4e38)[:, None, None, :], (2, 1, 5, 5)).astype(np.float32)
     assert optimize.standard_attention(model) == 1
     want = optimize._session(model).run(None, feed)[0]
     assert unpad.unpad_tokens(model) == 1
     onnx.checker.check_model(model, full_check=True)
+    assert _packs(model, feed)
     got = optimize._session(model).run(None, feed)[0]
-    keep = feed["bias"][:, 0, 0, :] == 0
     np.testing.assert_allclose(got[keep], want[keep], rtol=1e-6, atol=1e-6)
     assert not got[~keep].any() and want[~keep].any()
 
