@@ -4,10 +4,13 @@ A padded batch [B, S] spends most of its GEMMs on padding when lengths differ: t
 bench batch of 32 texts is 1,234 real tokens in 32 x 256 slots (85 % padding), and
 `SentenceTransformer.encode` pays for all of them. Every op of a BERT layer except the attention
 itself works on each token alone (the projections, bias adds, residual sums, LayerNorm, GELU), so
-`unpad_tokens` runs them on a packed [T, D] matrix of the real tokens and scatters to [B, S, D]
-only where the attention needs it. Token rows compute the same sums as before, so the answers
-match the padded graph (the pad rows come back as zeros, which masked pooling ignores; parity on
-every validation case gates the result).
+`unpad_tokens` runs them on a packed [T, D] matrix of the real tokens and scatters them into
+padded rows only where the attention needs them: the opset-23 attention per length bucket (the
+texts longer than half the padded width, and the rest, each padded to its own longest text),
+QAttention on [B, S, D]. Token rows compute the same sums as before, so the answers match the
+padded graph (the pad rows come back as zeros, which masked pooling ignores; parity on every
+validation case gates the result). The int8 graph's ops are per token too (quantize_int8 unpads
+its candidates).
 
 With little or no padding the gathers are pure overhead, so the graph decides per call: an `If`
 runs the packed layers only when at least PACK_MIN_PADDING of the slots are padding, and the
@@ -327,8 +330,9 @@ def _rebuild(model, region, seed, bias, keep, outputs, widths) -> None:
 
 
 def _packed_branch(region, seed, keep, outputs, widths, consts):
-    """The region on [T, D] rows: gather the real tokens of `seed`, pad to [B, S, D] only the
-    attention's Q, K, V, gather its context back, and pad the region's outputs at the end."""
+    """The region on [T, D] rows: gather the real tokens of `seed`, pad only the attention's
+    inputs (per length bucket for the opset-23 op), gather its context back, and pad the region's
+    outputs to [B, S, D] at the end."""
     import copy
 
     from onnx import TensorProto, helper
