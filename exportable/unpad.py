@@ -442,8 +442,8 @@ def _bucket_nodes(keep, consts):
             n("Concat", [f"{c}/len0", _const(consts, [1])], [f"{c}/len1"], name=f"{c}/len1", axis=0),
             n("Slice", [f"{c}/len1", _const(consts, [0]), f"{c}/rows"], [f"{c}/len"], name=f"{c}/len"),
             n("Gather", [f"{b}/starts", f"{c}/members"], [f"{c}/start0"], name=f"{c}/start0", axis=0),
-            n("Unsqueeze", [f"{b}/t", _const(consts, [0])], [f"{c}/t1"], name=f"{c}/t1"),
-            n("Concat", [f"{c}/start0", f"{c}/t1"], [f"{c}/start1"], name=f"{c}/start1", axis=0),
+            # the dummy's one row is the zero row, T (`tokens` is [T])
+            n("Concat", [f"{c}/start0", f"{p}/tokens"], [f"{c}/start1"], name=f"{c}/start1", axis=0),
             n("Slice", [f"{c}/start1", _const(consts, [0]), f"{c}/rows"], [f"{c}/start"], name=f"{c}/start"),
             n("ReduceMax", [f"{c}/len"], [f"{c}/s"], name=f"{c}/s", keepdims=0),
             n("Range", [zero, f"{c}/s", one], [f"{c}/j"], name=f"{c}/j"),

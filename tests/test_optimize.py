@@ -152,6 +152,9 @@ def test_unpadding_keeps_real_token_rows_and_zeroes_the_padding(keep):
     want = optimize._session(model).run(None, feed)[0]
     assert unpad.unpad_tokens(model) == 1
     onnx.checker.check_model(model, full_check=True)
+    packed = next(a.g for a in model.graph.node[[n.op_type for n in model.graph.node].index("If")].attribute
+                  if a.name == "then_branch")
+    assert [n.op_type for n in packed.node].count("Attention") == len(unpad.BUCKETS)  # one per bucket
     assert _packs(model, feed)
     got = optimize._session(model).run(None, feed)[0]
     np.testing.assert_allclose(got[keep], want[keep], rtol=1e-6, atol=1e-6)
