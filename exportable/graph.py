@@ -182,6 +182,14 @@ def save_single_file(model: onnx.ModelProto, path: Path) -> None:
     onnx.save_model(model, str(path), save_as_external_data=False)
 
 
+def attribute(node: onnx.NodeProto, name: str, default=None):
+    """A node attribute's value (int, float, list, GraphProto...), or `default` when absent."""
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
 def node_counts(model: onnx.ModelProto) -> dict[str, int]:
     counts: dict[str, int] = {}
     for node in model.graph.node:

@@ -33,6 +33,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from .errors import ExportError, MissingDependency
+from .graph import attribute as _attr
 
 # Fused com.microsoft ops we count (and test for): what a transformer graph should turn into.
 FUSED_OPS = ("Attention", "MultiHeadAttention", "QAttention", "SkipLayerNormalization", "EmbedLayerNormalization",
@@ -158,7 +159,7 @@ def fold_constant_concats(model) -> int:
     folded, keep, dropped = 0, [], set()
     for node in graph.node:
         if node.op_type == "Concat" and node.domain == "" and node.input and all(i in inits for i in node.input):
-            axis = next(a.i for a in node.attribute if a.name == "axis")
+            axis = _attr(node, "axis")
             value = np.concatenate([numpy_helper.to_array(inits[i]) for i in node.input], axis=axis)
             graph.initializer.append(numpy_helper.from_array(value, node.output[0]))
             for name in node.input:
@@ -191,15 +192,6 @@ def _subgraph_reads(graph) -> set[str]:
 
 
 # --- int8 -----------------------------------------------------------------------------------
-
-def _attr(node, name, default=None):
-    import onnx
-
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
-
 
 @dataclass
 class Site:

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .graph import attribute as _attr
+
 MS_DOMAIN = "com.microsoft"
 STANDARD = ("", "ai.onnx")
 PREFIX = "exportable_unpad"
@@ -166,10 +168,6 @@ def _per_token_region(graph, seed, masks, inits):
     return region
 
 
-def _attr(node, name, default=None):
-    return next((a for a in node.attribute if a.name == name), default)
-
-
 def _row_shape(node, tensors, readers, inits) -> bool:
     """Shape(x) read only to Expand a scalar constant to x's shape (the per-row zero point of the
     int8 graph's blocked QuantizeLinear): the same on [B, S, 1] and on packed [T, 1]."""
@@ -198,20 +196,19 @@ def _token_wise(node, reads, tensors, shapes, masks, inits) -> bool:
         return node.input[0] in tensors
     if standard and op == "QuantizeLinear":  # per tensor, or blocked along the last axis (per row)
         scale = node.input[1]
-        blocked = _attr(node, "block_size") is not None and _attr(node, "axis") is not None and _attr(node, "axis").i == -1
+        blocked = _attr(node, "block_size") is not None and _attr(node, "axis") == -1
         per_tensor = scale in inits and not inits[scale].dims
         return node.input[0] in tensors and constant_or_region(node.input[1:]) and (blocked or per_tensor)
     if standard and op in ("ReduceMax", "ReduceMin"):  # over the features of each token
         axes = node.input[1] if len(node.input) > 1 else ""
-        keep = _attr(node, "keepdims")
-        return node.input[0] in tensors and axes in inits and _ints(inits[axes]) == [-1] and (keep is None or keep.i == 1)
+        return (node.input[0] in tensors and axes in inits and _ints(inits[axes]) == [-1]
+                and _attr(node, "keepdims", 1) == 1)
     if standard and op == "Expand":
         return node.input[0] in inits and not inits[node.input[0]].dims and node.input[1] in shapes
     if standard and op in ELEMENTWISE:
         return all(i in tensors or (i in inits and _broadcasts_per_token(inits[i])) for i in reads)
     if standard and op == "LayerNormalization":
-        axis = _attr(node, "axis")
-        return ((axis is None or axis.i == -1) and node.input[0] in tensors and all(i in inits for i in reads[1:])
+        return (_attr(node, "axis", -1) == -1 and node.input[0] in tensors and all(i in inits for i in reads[1:])
                 and len([o for o in node.output if o]) == 1)
     if domain == MS_DOMAIN and op in ("BiasGelu", "FastGelu", "Gelu"):
         return node.input[0] in tensors and all(i in inits for i in reads[1:])
@@ -567,7 +564,7 @@ def layer_nodes(graph):
     plus the padded branch of `unpad_tokens`' If (the packed branch holds the same layers)."""
     for node in graph.node:
         if node.op_type == "If" and node.name == f"{PREFIX}/if":
-            yield from next(a.g.node for a in node.attribute if a.name == "else_branch")
+            yield from _attr(node, "else_branch").node
         else:
             yield node
 
@@ -581,7 +578,7 @@ def inline_padded(model) -> bool:
     if at is None:
         return False
     q = f"{PREFIX}/padded/"
-    branch = next(a.g for a in graph.node[at].attribute if a.name == "else_branch")
+    branch = _attr(graph.node[at], "else_branch")
     nodes = []
     for node in branch.node:
         node.name = node.name[len(q):] if node.name.startswith(q) else node.name
@@ -604,4 +601,4 @@ def unpadded_layers(model) -> int:
     node = next((n for n in model.graph.node if n.op_type == "If" and n.name == f"{PREFIX}/if"), None)
     if node is None:
         return 0
-    return sum(_is_attention(n) for n in next(a.g for a in node.attribute if a.name == "else_branch").node)
+    return sum(_is_attention(n) for n in _attr(node, "else_branch").node)
