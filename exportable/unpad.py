@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import chunks
+from .chunks import PREFIX as CHUNKS_PREFIX
+from .chunks import unwrap
 from .graph import attribute as _attr
 
 MS_DOMAIN = "com.microsoft"
@@ -313,7 +316,9 @@ def _rebuild(model, region, seed, bias, keep, outputs, widths) -> None:
         n("And", [f"{p}/padded_enough", f"{p}/some_tokens"], [f"{p}/pack"], name=f"{p}/pack"),
     ]
     then_graph = _packed_branch(region, seed, keep, outputs, widths, consts)
-    else_graph = _padded_branch(region, outputs)
+    chunk_loop, else_graph = _padded_branch(region, seed, outputs, {i.name for i in graph.initializer}, consts,
+                                            f"{p}/pack")
+    head += chunk_loop
     head.append(n("If", [f"{p}/pack"], list(outputs), name=f"{p}/if", then_branch=then_graph,
                   else_branch=else_graph))
     inside = {id(x) for x in region}
@@ -540,8 +545,10 @@ def _token_index_nodes(seed, keep, consts):
     ]
 
 
-def _padded_branch(region, outputs):
-    """The region exactly as it was (renamed: a subgraph may not redefine outer names)."""
+def _padded_branch(region, seed, outputs, initializers, consts, pack):
+    """(top-level nodes, the If's else branch): the region as it was (renamed: a subgraph may not
+    redefine outer names). With chunks.CHUNK_ROWS set, the region runs a few texts at a time in a
+    top-level Loop (no trips when `pack` is true) and the branch concatenates its chunks."""
     import copy
 
     from onnx import TensorProto, helper
@@ -555,16 +562,21 @@ def _padded_branch(region, outputs):
         clone.input[:] = [f"{q}/{i}" if i in produced else i for i in node.input]
         clone.output[:] = [f"{q}/{o}" if o else "" for o in node.output]
         nodes.append(clone)
-    results = [helper.make_tensor_value_info(f"{q}/{o}", TensorProto.FLOAT, None) for o in outputs]
-    return helper.make_graph(nodes, "padded_tokens", [], results)
+    names = [f"{q}/{o}" for o in outputs]
+    outer = []
+    if chunks.CHUNK_ROWS:
+        outer, nodes = chunks.loop_over_texts(nodes, names, seed, initializers, consts, skip=pack)
+    results = [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in names]
+    return outer, helper.make_graph(nodes, "padded_tokens", [], results)
 
 
 def layer_nodes(graph):
     """The graph's nodes as they compute, with an unpadded region counted once: the top level
-    plus the padded branch of `unpad_tokens`' If (the packed branch holds the same layers)."""
-    for node in graph.node:
+    with the layers of the chunk Loop (chunks.py) or of the If's padded branch in place (the
+    packed branch holds the same layers)."""
+    for node in unwrap(graph.node):
         if node.op_type == "If" and node.name == f"{PREFIX}/if":
-            yield from _attr(node, "else_branch").node
+            yield from unwrap(_attr(node, "else_branch").node)
         else:
             yield node
 
@@ -578,20 +590,23 @@ def inline_padded(model) -> bool:
     if at is None:
         return False
     q = f"{PREFIX}/padded/"
-    branch = _attr(graph.node[at], "else_branch")
+    # the layers: in the chunk Loop at the top level, or (without chunks) in the else branch
+    region = list(unwrap(n for n in graph.node if n.op_type == "Loop" and chunks.is_ours(n)))
+    region = region or list(_attr(graph.node[at], "else_branch").node)
     nodes = []
-    for node in branch.node:
+    for node in region:
         node.name = node.name[len(q):] if node.name.startswith(q) else node.name
         node.input[:] = [i[len(q):] if i.startswith(q) else i for i in node.input]
         node.output[:] = [o[len(q):] if o.startswith(q) else o for o in node.output]
         nodes.append(node)
     # the head (the If's condition) only served the If
     head = {n.name for n in graph.node if n.name.startswith(f"{PREFIX}/") and n is not graph.node[at]}
-    kept = [n for n in graph.node[:at] if n.name not in head] + nodes + list(graph.node[at + 1:])
+    kept = [n for n in graph.node[:at] if n.name not in head and not chunks.is_ours(n)] + nodes + list(graph.node[at + 1:])
     del graph.node[:]
     graph.node.extend(kept)
     used = {i for n in graph.node for i in n.input}
-    for init in [i for i in graph.initializer if i.name.startswith(f"{PREFIX}/") and i.name not in used]:
+    ours = (f"{PREFIX}/", f"{CHUNKS_PREFIX}/")
+    for init in [i for i in graph.initializer if i.name.startswith(ours) and i.name not in used]:
         graph.initializer.remove(init)
     return True
 
@@ -601,4 +616,4 @@ def unpadded_layers(model) -> int:
     node = next((n for n in model.graph.node if n.op_type == "If" and n.name == f"{PREFIX}/if"), None)
     if node is None:
         return 0
-    return sum(_is_attention(n) for n in _attr(node, "else_branch").node)
+    return sum(_is_attention(n) for n in layer_nodes(model.graph))

@@ -6,7 +6,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from exportable import optimize, parity, samples, unpad
+from exportable import chunks, optimize, parity, samples, unpad
 from exportable.bench import bench_case
 from exportable.recipe import Case
 
@@ -135,6 +135,40 @@ def test_the_packed_branch_matches_encode_without_padding_too(ids_recipe, contri
                                                  for k in ids_recipe.id_input_names})[0].shape == (0, 384)
 
 
+def _trips(model, feed) -> int:
+    """How many chunks of texts the graph's Loop ran for this feed (0: the packed branch ran)."""
+    name = f"{chunks.PREFIX}/trips"
+    session = optimize._session(model, extra_outputs=[name])
+    names = [o.name for o in session.get_outputs()]
+    return int(session.run(None, feed)[names.index(name)])
+
+
+def test_long_unpadded_batches_run_a_few_texts_at_a_time(ids_recipe, contrib, fused, sentence_transformer,
+                                                         monkeypatch):
+    """A batch of more than CHUNK_ROWS tokens without padding runs the layers in chunks of texts
+    (chunks.py), uneven last chunk included; the answers are the unchunked graph's and encode's."""
+    monkeypatch.setattr(chunks, "CHUNK_ROWS", 0)
+    whole = optimize.standardized(contrib).model
+    assert "Loop" not in [n.op_type for n in whole.graph.node]
+    texts = list(bench_case(ids_recipe, "long", 7).data)
+    feed = ids_recipe.feed(Case("long", texts), "onnx")
+    tokens = feed["input_ids"].shape[1]
+    assert feed["attention_mask"].all() and tokens > 64
+    monkeypatch.setattr(chunks, "CHUNK_ROWS", 3 * tokens)  # 3 texts a chunk: 3 + 3 + 1
+    chunked = optimize.standardized(contrib).model
+    assert [n.op_type for n in chunked.graph.node].count("Loop") == 1
+    assert _trips(chunked, feed) == 3 and not _packs(chunked, feed)
+    got = optimize._session(chunked).run(None, feed)[0]
+    assert np.abs(got - optimize._session(whole).run(None, feed)[0]).max() <= 1e-6
+    want = sentence_transformer.encode(texts, batch_size=7, convert_to_numpy=True)
+    assert np.abs(got - want).max() <= 1e-5
+    # the default: 512 token rows a chunk; a padded batch packs its tokens instead (no chunks)
+    assert _trips(fused.model, ids_recipe.feed(bench_case(ids_recipe, "long", 8), "onnx")) == 8 * tokens // 512
+    assert _trips(fused.model, ids_recipe.feed(bench_case(ids_recipe, "short", 1), "onnx")) == 1
+    mixed = ids_recipe.feed(Case("mixed", [samples.long_text(180, seed=5)] + samples.sentences(15, seed=9)), "onnx")
+    assert _packs(fused.model, mixed) and _trips(fused.model, mixed) == 0
+
+
 @pytest.mark.parametrize("keep", [
     [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]],  # both texts longer than half the width: no short bucket
     [[1, 1, 1, 1, 1], [1, 0, 0, 0, 0]],  # one text per length bucket
@@ -233,8 +267,9 @@ def test_inline_padded_undoes_the_unpadding(fused):
     model.CopyFrom(fused.model)
     assert unpad.inline_padded(model)
     onnx.checker.check_model(model)
-    assert "If" not in [n.op_type for n in model.graph.node]
-    assert not any(n.name.startswith(unpad.PREFIX) for n in model.graph.node)
+    assert not {"If", "Loop"} & {n.op_type for n in model.graph.node}
+    assert not any(n.name.startswith((unpad.PREFIX, chunks.PREFIX)) for n in model.graph.node)
+    assert not any(i.name.startswith((unpad.PREFIX, chunks.PREFIX)) for i in model.graph.initializer)
     assert unpad.unpad_tokens(model) == 6
     assert not unpad.inline_padded(onnx.ModelProto())
 
