@@ -107,6 +107,23 @@ def test_consumers_fail_loudly_on_a_wrong_expected_value(exported, java_jar, go_
         assert result.returncode == 1 and "FAIL" in result.stdout and "expected" in result.stdout
 
 
+def test_consumers_replay_the_optimized_sentence_bert(exported, java_jar, go_binary, tmp_path):
+    """`--optimize`'s graph (opset-23 Attention, the unpadding If, the chunk Loop over sequences)
+    loads in ONNX Runtime Java and Go and answers the artifact's vectors within their tolerance."""
+    source = exported("sentence_bert", "onnx", optimize=True)
+    folder = tmp_path / "optimized"
+    shutil.copytree(source, folder)
+    shutil.copy(source / "model.optimized.onnx", folder / "model.onnx")
+    java = _run(["java", "-jar", str(java_jar), str(folder)])
+    go = _run([str(go_binary), "-ort", str(NATIVE / "libonnxruntime.so"), "-ortx",
+               str(NATIVE / "libortextensions.so"), str(folder)])
+    for result, runtime in ((java, "java"), (go, "go")):
+        assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-2000:]
+        outcome = _outcome(result)
+        assert outcome["expected_failures"] == _known(folder, runtime)
+        assert re.fullmatch(r"[1-9]\d* passed, 0 failed", outcome["result"]), outcome
+
+
 def _readme_block(language: str) -> str:
     text = (Path(__file__).parents[1] / "README.md").read_text()
     match = re.search(rf"## Using an artifact from Java / Go.*?```{language}\n(.*?)```", text, re.S)
