@@ -23,7 +23,7 @@ PREFIX = "exportable_chunks"
 SUFFIX = "/chunk"  # inside the Loop body: a sliced input, and a chunk of an output
 
 
-def loop_over_texts(nodes, outputs, first, constants, consts, skip: str | None = None, rows: int | None = None):
+def loop_over_texts(nodes, outputs, first, constants, consts, skip: str | None = None):
     """`nodes` compute `outputs` (float tensors [B, ...]) from `first` ([B, S, ...]), other
     tensors with the batch on axis 0 (the attention masks) and `constants` (initializer names).
     Returns (outer, inner): `outer` runs them in a Loop over chunks of texts (none when the bool
@@ -35,7 +35,6 @@ def loop_over_texts(nodes, outputs, first, constants, consts, skip: str | None =
     session.disable_prepacking); a top-level Loop's body and an If branch are prepacked."""
     from onnx import TensorProto, helper
 
-    rows = rows or CHUNK_ROWS
     produced = {o for node in nodes for o in node.output if o}
     sliced = [first] + [i for i in _external_inputs(nodes) if i not in produced and i not in constants and i != first]
     p, n = PREFIX, helper.make_node
@@ -49,7 +48,7 @@ def loop_over_texts(nodes, outputs, first, constants, consts, skip: str | None =
         n("Shape", [first], [f"{p}/lead"], name=f"{p}/lead", start=0, end=2),
         n("Gather", [f"{p}/lead", c(0)], [f"{p}/texts"], name=f"{p}/texts", axis=0),
         n("Gather", [f"{p}/lead", c(1)], [f"{p}/length"], name=f"{p}/length", axis=0),
-        n("Div", [c(rows), f"{p}/length"], [f"{p}/per0"], name=f"{p}/per0"),
+        n("Div", [c(CHUNK_ROWS), f"{p}/length"], [f"{p}/per0"], name=f"{p}/per0"),
         n("Max", [f"{p}/per0", c(1)], [f"{p}/per"], name=f"{p}/per"),
         # chunks = ceil(texts / per)
         n("Add", [f"{p}/texts", f"{p}/per"], [f"{p}/over"], name=f"{p}/over"),
