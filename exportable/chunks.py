@@ -13,8 +13,6 @@ runs as one chunk. Measured numbers are in docs/performance.md ("Chunks of texts
 
 from __future__ import annotations
 
-import numpy as np
-
 # Token rows per chunk: 512 and 1,024 measured alike at 32 x 128 (paired A/B, 0.92x the
 # unchunked time), 256 only 0.98x; cutting 32 x 16 (512 rows) into 256- or 128-row chunks was
 # slower than one piece (the GEMMs re-read the weights per chunk and run on fewer rows).
@@ -37,12 +35,12 @@ def loop_over_texts(nodes, outputs, first, constants, consts, skip: str | None =
 
     produced = {o for node in nodes for o in node.output if o}
     sliced = [first] + [i for i in _external_inputs(nodes) if i not in produced and i not in constants and i != first]
+    from .graph import int64_constant
+
     p, n = PREFIX, helper.make_node
 
     def c(value):
-        name = f"{p}/const_{'_'.join(str(v) for v in np.ravel(value))}{'_1d' if np.ndim(value) else ''}"
-        consts[name] = np.array(value, np.int64)
-        return name
+        return int64_constant(consts, p, value)
 
     outer = [
         n("Shape", [first], [f"{p}/lead"], name=f"{p}/lead", start=0, end=2),

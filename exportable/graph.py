@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+import numpy as np
 import onnx
 
 from .errors import ExportError
@@ -188,6 +189,15 @@ def attribute(node: onnx.NodeProto, name: str, default=None):
         if a.name == name:
             return onnx.helper.get_attribute_value(a)
     return default
+
+
+def int64_constant(consts: dict, prefix: str, value) -> str:
+    """Record an int64 constant (a scalar, or a list for a 1-D tensor) in `consts` (name -> array,
+    stored as initializers by the caller) under a name made of `prefix` and the value; return it."""
+    flat = value if isinstance(value, list) else [value]
+    name = f"{prefix}/const{'_1d' if isinstance(value, list) else ''}_{'_'.join(str(v).replace('-', 'm') for v in flat)}"
+    consts[name] = np.array(value, np.int64)
+    return name
 
 
 def node_counts(model: onnx.ModelProto) -> dict[str, int]:

@@ -26,6 +26,7 @@ from . import chunks
 from .chunks import PREFIX as CHUNKS_PREFIX
 from .chunks import unwrap
 from .graph import attribute as _attr
+from .graph import int64_constant
 
 MS_DOMAIN = "com.microsoft"
 STANDARD = ("", "ai.onnx")
@@ -266,11 +267,7 @@ def _widths(region, inits) -> dict[str, int]:
 
 
 def _const(consts, value) -> str:
-    """An int64 initializer named after its value (a scalar, or a list for a 1-D tensor)."""
-    flat = value if isinstance(value, list) else [value]
-    name = f"{PREFIX}/const{'_1d' if isinstance(value, list) else ''}_{'_'.join(str(v).replace('-', 'm') for v in flat)}"
-    consts[name] = np.array(value, np.int64)
-    return name
+    return int64_constant(consts, PREFIX, value)
 
 
 def _region_outputs(graph, region):

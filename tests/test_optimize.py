@@ -96,12 +96,16 @@ def test_fused_graph_handles_batch_zero(ids_recipe, fused):
     assert session.run(None, feed)[0].shape == (0, 384)
 
 
+def _inner_value(model, feed, name):
+    """A graph value that is not an output (read as an extra one) for this feed."""
+    session = optimize._session(model, extra_outputs=[name])
+    names = [o.name for o in session.get_outputs()]
+    return session.run(None, feed)[names.index(name)]
+
+
 def _packs(model, feed) -> bool:
     """Whether the graph's If took the packed branch (real tokens only) for this feed."""
-    flag = f"{unpad.PREFIX}/pack"
-    session = optimize._session(model, extra_outputs=[flag])
-    names = [o.name for o in session.get_outputs()]
-    return bool(session.run(None, feed)[names.index(flag)])
+    return bool(_inner_value(model, feed, f"{unpad.PREFIX}/pack"))
 
 
 def test_padded_batches_run_the_layers_on_real_tokens_only(ids_recipe, fused, sentence_transformer):
@@ -137,10 +141,7 @@ def test_the_packed_branch_matches_encode_without_padding_too(ids_recipe, contri
 
 def _trips(model, feed) -> int:
     """How many chunks of texts the graph's Loop ran for this feed (0: the packed branch ran)."""
-    name = f"{chunks.PREFIX}/trips"
-    session = optimize._session(model, extra_outputs=[name])
-    names = [o.name for o in session.get_outputs()]
-    return int(session.run(None, feed)[names.index(name)])
+    return int(_inner_value(model, feed, f"{chunks.PREFIX}/trips"))
 
 
 def test_long_unpadded_batches_run_a_few_texts_at_a_time(ids_recipe, contrib, fused, sentence_transformer,
