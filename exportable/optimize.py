@@ -782,15 +782,12 @@ def corpus_texts() -> list[str]:
 
 
 def to_fp16(model) -> Transformed:
-    """fp16 weights and compute for a GPU (keeps fp32 inputs/outputs and leaves string and
-    custom-domain nodes alone). Only worth it with the CUDA execution provider."""
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+    """fp16 weights and compute for a GPU (exportable.half: fp32 inputs, outputs and edges; string
+    and custom-domain nodes alone). Only worth it with the CUDA execution provider."""
+    from .half import to_fp16 as half
 
-    block = sorted({n.op_type for n in model.graph.node if n.domain not in ("", "ai.onnx", MS_DOMAIN)}
-                   | {"Cast", "Range", "CumSum", "Gather", "GatherND", "Where", "Equal", "Less", "Greater",
-                      "ReduceSum", "ArgMax", "TopK", "NonZero", "Compress", "Tokenizer", "LabelEncoder"})
-    half = convert_float_to_float16(model, keep_io_types=True, op_block_list=block, disable_shape_infer=True)
-    return Transformed(half, {"method": "onnxruntime.transformers.float16", "kept_fp32_ops": block})
+    converted, detail = half(model)
+    return Transformed(converted, detail)
 
 
 # --- the export stages (api.export_recipe(optimize=..., quantize=...)) ------------------------

@@ -90,6 +90,27 @@ def test_fused_graph_keeps_the_fp32_bar_against_sentence_transformers(ids_recipe
     assert m.max_abs <= 1e-5 and m.min_cosine >= 0.99999
 
 
+def test_fp16_graph_loads_and_keeps_the_fp16_bar_against_sentence_transformers(ids_recipe, contrib,
+                                                                               sentence_transformer):
+    """The GPU path's fp16 model (bench --device cuda), run here by the CPU provider: before
+    exportable.half, the file did not load at all (a Clip bound to float and float16)."""
+    half = optimize.to_fp16(contrib.model)
+    weights = {i.name: i for i in half.model.graph.initializer}
+    matmuls = [n for n in half.model.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+    attention = [n for n in half.model.graph.node if n.op_type == "Attention"]
+    assert len(matmuls) == 3 * 6 and len(attention) == 6  # output projection + FFN; QKV in the Attention
+    assert all(weights[n.input[1]].data_type == TensorProto.FLOAT16 for n in matmuls + attention)
+    assert half.detail["fp32_tail_nodes"] > 0  # pooling + normalization
+    texts = samples.sentences(40, seed=22) + ["", samples.long_text(500, seed=4), "Café 東京 😀"]
+    want = sentence_transformer.encode(texts, batch_size=16, convert_to_numpy=True)
+    got = np.concatenate(_run(half.model, _feeds(ids_recipe, texts, batch=16)))
+    assert got.dtype == np.float32 and np.isfinite(got).all()
+    tol = optimize.fp16_tolerances(ids_recipe.tolerances())["sentence_embedding"]
+    m = parity.compare_tensor("sentence_embedding", got, want, tol)
+    assert parity.failure_reason(m, tol) is None, (m.max_abs, m.min_cosine)
+    assert m.min_cosine >= optimize.FP16_MIN_COSINE
+
+
 def test_fused_graph_handles_batch_zero(ids_recipe, fused):
     session = optimize._session(fused.model)
     feed = {k: np.zeros((0, 5), np.int64) for k in ids_recipe.id_input_names}
