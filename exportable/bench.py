@@ -15,6 +15,9 @@ How it measures (see docs/performance.md):
   machine noise hits all of them alike; ONNX Runtime threads spin during a run (its
   default, the latency a service gets) and are told to stop when the run returns
   (session.force_spinning_stop), so no idle pool steals CPU from the variant that runs next;
+- `x orig` is paired: per round, the original's block median over the variant's, then the
+  median of those ratios (quartiles in the JSON and the table's `q1-q3`); the host's speed
+  drifts between rounds, and each round's two blocks meet the same drift;
 - median, p95, best, and CPU time per call (process user+sys over all threads: robust to other
   load on the machine, unlike wall time); throughput = batch / median; GFLOP/s = FLOPs of the
   real (unpadded) tokens / median, with FLOPs per token counted from the graph's weights;
@@ -410,7 +413,9 @@ class Measurement:
     tokens: int | None = None
     tokens_per_s: float | None = None
     gflops: float | None = None
-    speedup: float | None = None  # original median / this median
+    speedup: float | None = None  # median over rounds of (original / this), each round's blocks paired
+    speedup_iqr: list | None = None  # quartiles of those per-round ratios: how far one run can be trusted
+    speedup_of_medians: float | None = None  # original median / this median (unpaired)
     cpu_speedup: float | None = None
     peak_rss_delta_mib: float | None = None
     max_abs: float | None = None
@@ -480,6 +485,7 @@ def measure(variants: Sequence[Variant], recipe: Recipe, length: str, batch: int
         return list(results.values())
     walls: dict[str, list[float]] = {v.name: [] for v in live}
     cpus: dict[str, list[float]] = {v.name: [] for v in live}
+    per_round: dict[str, list[float]] = {v.name: [] for v in live}  # each round's block median
     # Blocks of consecutive calls per variant (~BLOCK_SECONDS each), in rotating order: machine
     # noise hits every variant alike, and a thread pool still spinning after its variant's block
     # costs at most the first call of the next block, not every call.
@@ -493,6 +499,7 @@ def measure(variants: Sequence[Variant], recipe: Recipe, length: str, batch: int
                 v.call(case)
                 walls[v.name].append(time.perf_counter() - t0)
                 cpus[v.name].append(time.process_time() - c0)
+            per_round[v.name].append(statistics.median(walls[v.name][-block[v.name]:]))
         rounds += 1
         if rounds >= 10 * max(min_calls, 1) and time.perf_counter() - start > seconds:
             break
@@ -513,9 +520,24 @@ def measure(variants: Sequence[Variant], recipe: Recipe, length: str, batch: int
     if ref is not None and ref.median_ms:
         for m in results.values():
             if m.median_ms:
-                m.speedup = ref.median_ms / m.median_ms
+                m.speedup, m.speedup_iqr = paired_speedup(per_round["original"], per_round[m.variant])
+                m.speedup_of_medians = ref.median_ms / m.median_ms
                 m.cpu_speedup = ref.cpu_ms / m.cpu_ms if m.cpu_ms else None
     return list(results.values())
+
+
+def paired_speedup(original: Sequence[float], variant: Sequence[float]) -> tuple[float, list[float]]:
+    """The median of per-round ratios original/variant, and their quartiles.
+
+    This host's speed moves 2-5x within minutes (noisy neighbours; docs/performance.md). A ratio
+    of two medians mixes whichever phases each variant's calls happened to meet: long x 32 read
+    1.05x and 1.24x for one artifact an hour apart. Both blocks of one round run within a second
+    or two, so their ratio cancels a phase that outlasts the round.
+    """
+    ratios = sorted(o / v for o, v in zip(original, variant))
+    q1, q3 = (statistics.quantiles(ratios, n=4, method="inclusive")[i] for i in (0, 2)) if len(ratios) > 1 \
+        else (ratios[0], ratios[0])
+    return statistics.median(ratios), [q1, q3]
 
 
 # --- the command ----------------------------------------------------------------------------
@@ -747,7 +769,7 @@ def format_table(data: dict) -> str:
         lines.append(f"  {name:<19} {v['status']:<11} {detail}  {v['reason'][:120]}")
     lines.append("")
     head = (f"{'input':<7}{'batch':>5}  {'variant':<19}{'median ms':>10}{'p95 ms':>9}{'items/s':>9}{'GFLOP/s':>8}"
-            f"{'%peak':>6}{'x orig':>8}{'cpu ms':>9}{'x cpu':>7}{'peak MiB':>9}")
+            f"{'%peak':>6}{'x orig':>8}{'q1-q3':>11}{'cpu ms':>9}{'x cpu':>7}{'peak MiB':>9}")
     lines.append(head)
     for r in data["results"]:
         label = f"{r['length']}{'' if r['tokens'] is None else ''}"
@@ -761,9 +783,14 @@ def format_table(data: dict) -> str:
         lines.append(f"{label:<7}{r['batch']:>5}  {r['variant']:<19}{f(r['median_ms'], '10.2f')}{f(r['p95_ms'], '9.2f')}"
                      f"{f(r['items_per_s'], '9.1f')}{f(r['gflops'], '8.1f')}{f(_percent_of_peak(r, m), '6.0f')}"
                      f"{'' if r['speedup'] is None else format(r['speedup'], '7.2f') + 'x'}"
+                     f"{_quartiles(r.get('speedup_iqr')):>11}"
                      f"{f(r['cpu_ms'], '9.2f')}{'' if r['cpu_speedup'] is None else format(r['cpu_speedup'], '6.2f') + 'x'}"
                      f"{f(r['peak_rss_delta_mib'], '9.1f')}")
     return "\n".join(lines)
+
+
+def _quartiles(iqr: list | None) -> str:
+    return "-" if not iqr else f"{iqr[0]:.2f}-{iqr[1]:.2f}"
 
 
 def _percent_of_peak(row: dict, machine: dict) -> float | None:

@@ -2,6 +2,7 @@
 No timing assertions here: the speed targets live in the bench output (docs/performance.md)."""
 
 import json
+import statistics
 
 import pytest
 
@@ -34,11 +35,26 @@ def test_quick_bench_writes_json_with_every_variant(quick):
     for r in rows:
         assert r["status"] == "ok" and r["median_ms"] > 0 and r["p95_ms"] >= r["median_ms"]
         assert r["tokens"] == 16 * r["batch"] and r["gflops"] > 0 and r["speedup"] > 0
+        q1, q3 = r["speedup_iqr"]
+        assert q1 <= r["speedup"] <= q3 and r["speedup_of_medians"] > 0
     assert data["flops_per_token"] == pytest.approx(21.2e6, rel=0.01)
     assert data["machine"]["threads"] == 2
     assert data["machine"]["fp32_matmul_peak_gflops"] > 0 and "%peak" in proc.stdout
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "onnx-int8" in proc.stdout and "x orig" in proc.stdout
+
+
+def test_paired_speedup_cancels_a_host_slowdown_that_unpaired_medians_do_not():
+    # A variant twice as fast as the original. The host slows 3x from round 3 on; in round 3
+    # the slowdown starts between the variant's block and the original's. Unpaired medians
+    # then read 6x; the median of per-round ratios reads the true 2x (round 3 is one of five).
+    original = [0.010, 0.010, 0.030, 0.030, 0.030]
+    variant = [0.005, 0.005, 0.015, 0.015, 0.015]
+    variant_ahead_of_the_slowdown = [0.005, 0.005, 0.005, 0.015, 0.015]
+    assert bench.paired_speedup(original, variant) == (pytest.approx(2.0), [pytest.approx(2.0)] * 2)
+    speedup, (q1, q3) = bench.paired_speedup(original, variant_ahead_of_the_slowdown)
+    assert statistics.median(original) / statistics.median(variant_ahead_of_the_slowdown) == pytest.approx(6.0)
+    assert speedup == pytest.approx(2.0) and q1 == pytest.approx(2.0) and q3 == pytest.approx(2.0)
 
 
 def test_cuda_request_falls_back_to_cpu_with_one_line(quick):
