@@ -82,8 +82,16 @@ class SentenceBert(TextInputs, Recipe):
         return pooling.get_config_dict().get("pooling_mode", "mean")
 
     def build_original(self):
-        model = self.st  # load now, so a bad --model fails in the build stage
+        return self._encode_with(self.st)  # loads now, so a bad --model fails in the build stage
 
+    def original_on(self, device: str):
+        """The same pipeline on another torch device: `bench --device cuda` times the artifact
+        against eager PyTorch on the GPU. A copy moves, so the CPU original stays where it is."""
+        import copy
+
+        return self._encode_with(copy.deepcopy(self.st).to(device))
+
+    def _encode_with(self, model):
         dim = self.embedding_dim
 
         def encode(case: Case) -> dict[str, np.ndarray]:

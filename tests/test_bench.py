@@ -4,6 +4,7 @@ No timing assertions here: the speed targets live in the bench output (docs/perf
 import json
 import statistics
 
+import numpy as np
 import pytest
 
 from conftest import run_cli
@@ -55,6 +56,52 @@ def test_paired_speedup_cancels_a_host_slowdown_that_unpaired_medians_do_not():
     speedup, (q1, q3) = bench.paired_speedup(original, variant_ahead_of_the_slowdown)
     assert statistics.median(original) / statistics.median(variant_ahead_of_the_slowdown) == pytest.approx(6.0)
     assert speedup == pytest.approx(2.0) and q1 == pytest.approx(2.0) and q3 == pytest.approx(2.0)
+
+
+def test_io_binding_runs_numeric_graphs_bound_and_string_graphs_plainly():
+    """bench --device cuda's call path, on the CPU device (the binding code is the same)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    def session(nodes, inputs, outputs, inits=()):
+        g = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+
+    ids = session([helper.make_node("Gather", ["table", "ids"], ["vectors"])],
+                  [helper.make_tensor_value_info("ids", TensorProto.INT64, ["b", "s"])],
+                  [helper.make_tensor_value_info("vectors", TensorProto.FLOAT, None)],
+                  [numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(6, 2), "table")])
+    feed = {"ids": np.array([[1, 5], [0, 3]], np.int64)}
+    got = bench.run_bound(ids, feed, ["vectors"], "cpu", set())
+    np.testing.assert_array_equal(got["vectors"], ids.run(None, feed)[0])
+
+    # a string input cannot be bound at all ("Only binding non-string Tensors is currently
+    # supported"): the text-in graph's call goes through session.run
+    text = session([helper.make_node("Shape", ["text"], ["n"])],
+                   [helper.make_tensor_value_info("text", TensorProto.STRING, ["b"])],
+                   [helper.make_tensor_value_info("n", TensorProto.INT64, None)])
+    strings = {"text": np.array(["a b", "Café"], dtype=object)}
+    with pytest.raises(RuntimeError, match="non-string"):
+        text.io_binding().bind_cpu_input("text", strings["text"])
+    assert bench.run_bound(text, strings, ["n"], "cpu", {"text"})["n"].tolist() == [2]
+
+
+def test_the_gpu_original_is_the_same_pipeline_on_another_device_and_says_why_it_is_not_used():
+    from exportable.recipe import Case
+    from recipes.sentence_bert import SentenceBert
+    from recipes.yolo_nms import YoloNMS
+
+    recipe = SentenceBert()
+    case = Case("texts", ["a first sentence", "Café 東京 😀", ""])
+    moved = recipe.original_on("cpu")(case)["sentence_embedding"]  # the device move itself, here
+    np.testing.assert_array_equal(moved, recipe.build_original()(case)["sentence_embedding"])
+    assert next(recipe.st.parameters()).device.type == "cpu"  # a copy moved, not the original
+
+    gpu, why = bench._original_on_gpu(recipe)
+    if gpu is None:  # no CUDA here: the bench table says so next to the original
+        assert "sees no CUDA device" in why or "not installed" in why
+    assert bench._original_on_gpu(YoloNMS()) == (None, "yolo_nms has no original_on(device)")
 
 
 def test_cuda_request_falls_back_to_cpu_with_one_line(quick):
