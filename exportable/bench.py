@@ -852,7 +852,7 @@ def write_chart(data: dict, path: Path) -> None:
     img = Image.new("RGB", (width, height + bottom + 50), "white")
     d = ImageDraw.Draw(img)
     font = ImageFont.load_default()
-    d.text((left, 8), f"{data['recipe']}: speed-up over {data['original_pipeline']} (median wall time, "
+    d.text((left, 8), f"{data['recipe']}: speed-up over {data['original_pipeline']} (median of per-round paired wall-time ratios, "
                       f"{data['machine']['threads']} threads, {data['machine']['device']})", fill="black", font=font)
 
     def y_of(v):
