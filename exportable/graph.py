@@ -283,3 +283,22 @@ def guard_empty_batch(model: onnx.ModelProto, prefix: str = "exportable_empty_ba
     del g.node[:]
     g.node.extend(nodes)
     return True
+
+
+def subgraph_reads(graph) -> set[str]:
+    """Every value name read inside the subgraphs (Loop/If/Scan bodies) of `graph`'s nodes, at any
+    depth: outer-scope values are read by name there, not through the node's inputs."""
+    names = set()
+    for node in graph.node:
+        for attr in node.attribute:
+            subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+            for sub in subs:
+                names |= {i for n in sub.node for i in n.input} | subgraph_reads(sub)
+    return names
+
+
+def drop_unused_initializers(model: onnx.ModelProto) -> None:
+    graph = model.graph
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output} | subgraph_reads(graph)
+    for init in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(init)

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .graph import drop_unused_initializers, subgraph_reads
+
 STANDARD_DOMAINS = ("", "ai.onnx", "com.microsoft")
 # Ops that stay fp32: index, shape and selection work, big reductions (sums lose precision in
 # fp16), embedding tables (Gather), and ops whose float inputs must be float (Resize's scales).
@@ -88,7 +90,7 @@ def to_fp16(model, *, fp32_tail: bool = True):
     del g.node[:]
     g.node.extend(nodes)
     g.initializer.extend(new_inits)
-    _drop_unread_initializers(g, set(to_half) & set(inits))
+    drop_unused_initializers(out)  # the fp32 copies only fp16 nodes read
     del g.value_info[:]  # the fp32 types recorded there are stale now; ORT infers them
     return out, {"method": "exportable.half.to_fp16", "fp16_nodes": len(half), "fp32_tail_nodes": len(tail),
                  "fp16_initializers": len(new_inits), "casts_to_fp16": len(to_half) - len(new_inits),
@@ -116,16 +118,20 @@ def value_types(model) -> dict[str, str]:
 
 
 def _is_float(name, types, inits) -> bool:
+    from onnx import TensorProto
+
     if name in inits:
-        return inits[name].data_type == 1
+        return inits[name].data_type == TensorProto.FLOAT
     return types.get(name) == FLOAT
 
 
 def _computes_in_fp16(node, types, inits) -> bool:
+    from onnx import AttributeProto
+
     if node.domain not in STANDARD_DOMAINS or node.op_type in KEEP_FP32 or node.op_type in ANY_INPUT:
         return False
-    if any(a.type in (5, 10) for a in node.attribute):  # GRAPH / GRAPHS: control flow stays fp32
-        return False
+    if any(a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) for a in node.attribute):
+        return False  # control flow stays fp32
     return any(_is_float(v, types, inits) for v in (*node.input, *node.output) if v)
 
 
@@ -144,25 +150,11 @@ def _tail_after_last_layer_norm(g) -> set[int]:
 
 def _fp32_readers(g, half: set[int], half_outputs) -> set[str]:
     """fp16 values that something still reads in fp32: an fp32 node, a subgraph, a graph output."""
-    import onnx
-
-    reads = {o.name for o in g.output}
+    reads = {o.name for o in g.output} | subgraph_reads(g)
     for index, node in enumerate(g.node):
         if index not in half and node.op_type not in ANY_INPUT:
             reads.update(node.input)
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                reads.update(_names_read(sub))
     return reads & half_outputs
-
-
-def _names_read(sub) -> set[str]:
-    names = {i for n in sub.node for i in n.input}
-    for node in sub.node:
-        for attr in node.attribute:
-            for inner in ([attr.g] if attr.type == 5 else list(attr.graphs)):
-                names |= _names_read(inner)
-    return names
 
 
 def _fp16_initializer(init, name, numpy_helper):
@@ -181,16 +173,8 @@ def _clamped_fp16(value: np.ndarray) -> np.ndarray:
 
 def _half_attributes(node, numpy_helper) -> None:
     """Tensor attributes of an fp16 node (a Constant-like value) become fp16 as well."""
+    from onnx import AttributeProto, TensorProto
+
     for attr in node.attribute:
-        if attr.type == 4 and attr.t.data_type == 1:  # TENSOR, float
+        if attr.type == AttributeProto.TENSOR and attr.t.data_type == TensorProto.FLOAT:
             attr.t.CopyFrom(numpy_helper.from_array(_clamped_fp16(numpy_helper.to_array(attr.t)), attr.t.name))
-
-
-def _drop_unread_initializers(g, candidates: set[str]) -> None:
-    still_read = {i for n in g.node for i in n.input} | {o.name for o in g.output}
-    for node in g.node:
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.type == 5 else list(attr.graphs)):
-                still_read |= _names_read(sub)
-    for init in [i for i in g.initializer if i.name in candidates and i.name not in still_read]:
-        g.initializer.remove(init)

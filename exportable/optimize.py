@@ -34,6 +34,7 @@ import numpy as np
 
 from .errors import ExportError, MissingDependency
 from .graph import attribute as _attr
+from .graph import drop_unused_initializers, subgraph_reads
 
 # Fused com.microsoft ops we count (and test for): what a transformer graph should turn into.
 FUSED_OPS = ("Attention", "MultiHeadAttention", "QAttention", "SkipLayerNormalization", "EmbedLayerNormalization",
@@ -172,23 +173,11 @@ def fold_constant_concats(model) -> int:
     graph.node.extend(keep)
     # Drop only the folded pieces nothing else reads (subgraphs name outer values in attributes,
     # so an initializer that was never a Concat input is left alone).
-    graph_outputs = {o.name for o in graph.output} | _subgraph_reads(graph)
+    graph_outputs = {o.name for o in graph.output} | subgraph_reads(graph)
     for init in [i for i in graph.initializer if i.name in dropped and users[i.name] <= 0
                  and i.name not in graph_outputs]:
         graph.initializer.remove(init)
     return folded
-
-
-def _subgraph_reads(graph) -> set[str]:
-    import onnx
-
-    names = set()
-    for node in graph.node:
-        for attr in node.attribute:
-            subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-            for sub in subs:
-                names |= {i for n in sub.node for i in n.input} | _subgraph_reads(sub)
-    return names
 
 
 # --- int8 -----------------------------------------------------------------------------------
@@ -543,7 +532,7 @@ def _build_int8(model, plans: Sequence[_Plan], excluded: set[str]):
         inits[name].CopyFrom(numpy_helper.from_array(value.astype(np.float32), name))
     graph.initializer.extend(new_inits)
     fold_bias_into_dynamic_matmul(m)
-    _drop_unused_initializers(m)
+    drop_unused_initializers(m)
     unpad_tokens(m)
     return m
 
@@ -623,13 +612,6 @@ def _rowwise_matmul(x: str, wq: str, ws: str, out: str, prefix: str, k: int, zer
         helper.make_node("Mul", [f"{p}/y_cols", f"{p}/x_scale"], [out], name=f"{p}/scale_rows"),
     ]
     return nodes, consts
-
-
-def _drop_unused_initializers(model) -> None:
-    graph = model.graph
-    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output} | _subgraph_reads(graph)
-    for init in [i for i in graph.initializer if i.name not in used]:
-        graph.initializer.remove(init)
 
 
 def _float_outputs(session) -> list[str]:
@@ -904,7 +886,7 @@ def drop_unused_outputs(model) -> int:
     """Unname the optional outputs nobody reads (mean, inv_std, the skip sum of
     SkipLayerNormalization): ONNX Runtime writes every named output."""
     graph = model.graph
-    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output} | _subgraph_reads(graph)
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output} | subgraph_reads(graph)
     dropped = 0
     for node in graph.node:
         keep = OPTIONAL_OUTPUTS.get((node.domain, node.op_type))
@@ -1009,7 +991,7 @@ def standard_attention(model) -> int:
         graph.node.extend(nodes)
         graph.initializer.extend(new_inits)
         raise_opset(model, STANDARD_ATTENTION_OPSET)
-        _drop_unused_initializers(model)
+        drop_unused_initializers(model)
         # ORT's opset-23 kernel fails on zero rows ("Batch size must be greater than 0"), where
         # the contrib one returned [0, ...]: run an empty batch as one blank row instead.
         graph_mod.guard_empty_batch(model)
