@@ -73,9 +73,11 @@ def test_each_value_crosses_once_through_one_uniquely_named_cast():
 
 
 def test_a_large_negative_mask_saturates_instead_of_becoming_nan():
-    # -3.4e38 (torch.finfo(float32).min, a common additive mask) overflows fp16 to -inf; a row
-    # whose every score is -inf is NaN after softmax. Saturated at -65504 it is a real zero.
-    mask = np.array([[0.0, np.finfo(np.float32).min, np.finfo(np.float32).min, 0.0]], np.float32)
+    # -3.4e38 (torch.finfo(float32).min, a common additive mask) overflows fp16 to -inf, and a
+    # row whose every score is -inf is NaN after softmax (the second row here: an empty text).
+    # Saturated at -65504 the row stays finite and uniform, as it is in fp32.
+    low = np.finfo(np.float32).min
+    mask = np.array([[0.0, low, low, 0.0], [low, low, low, low]], np.float32)
     nodes = [helper.make_node("Add", ["x", "mask"], ["scores"]),
              helper.make_node("Softmax", ["scores"], ["p"], axis=-1)]
     model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
