@@ -2,6 +2,13 @@
 
 __version__ = "0.1.0"
 
+# The recipe contract (light: numpy only), for `from exportable import Recipe, TensorSpec, Case`.
+from .recipe import EXACT, Case, Option, Recipe, Source, TensorSpec, Tolerance  # noqa: E402
+from .registry import register  # noqa: E402
+
+__all__ = ["EXACT", "Case", "Option", "Recipe", "Source", "TensorSpec", "Tolerance", "register",
+           "export_recipe", "verify_artifact", "load_artifact"]
+
 
 def __getattr__(name):
     # The API imports torch/onnx; keep `import exportable` (and `--help`) light.

@@ -17,11 +17,12 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from . import __version__, graph, parity, registry, runtime, vectors
+from . import __version__, contract, graph, parity, registry, runtime, vectors
 from . import optimize as optimizer  # not `optimize`: export_recipe's flag has that name
 from .errors import CheckError, ExportableError, InputError, ParityError
 from .exporters import onnx as onnx_exporter
-from .recipe import FORMATS, Case, Recipe
+from .hashing import sha256_state_dict
+from .recipe import FORMATS, Case, Recipe, Source
 from .report import Report, Stage
 
 MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.pt"}
@@ -71,17 +72,20 @@ def quiet_libraries() -> None:
         pass
 
 
-def parse_formats(formats: str | Iterable[str] | None, recipe_cls) -> list[str]:
+def parse_formats(formats: str | Iterable[str] | None, recipe) -> list[str]:
+    """The formats asked for, each one the recipe (a class, or an instance whose settings may
+    rule one out: format_unavailable) supports; default onnx."""
     if formats is None:
         return ["onnx"]
     wanted = [f.strip() for f in (formats.split(",") if isinstance(formats, str) else formats) if f.strip()]
     for fmt in wanted:
         if fmt not in FORMATS:
             raise InputError(f"unknown format {fmt!r}; choose from: {', '.join(FORMATS)}")
-        if fmt not in recipe_cls.formats:
-            why = getattr(recipe_cls, "formats_why", "")  # a recipe instance may say why its options narrow them
-            raise InputError(f"recipe {recipe_cls.name} does not support {fmt!r}{' ' + why if why else ''}; "
-                             f"it supports: {', '.join(recipe_cls.formats)}")
+        if fmt not in recipe.formats:
+            raise InputError(f"recipe {recipe.name} does not support {fmt!r}; it supports: {', '.join(recipe.formats)}")
+        why = recipe.format_unavailable(fmt) if isinstance(recipe, Recipe) else None
+        if why:
+            raise InputError(f"recipe {recipe.name} does not support {fmt!r} {why}")
     if not wanted:
         raise InputError(f"no format given; choose from: {', '.join(FORMATS)}")
     return wanted
@@ -120,31 +124,47 @@ def publish(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def export_recipe(name: str, out: str | Path | None = None, formats=None, opset: int = DEFAULT_OPSET,
-                  allow_mismatch: bool = False, progress: Callable[[str], None] = _silent,
-                  optimize: bool = False, quantize: str | None = None, threads: int | None = None,
-                  **options) -> ExportResult:
-    """Export recipe `name` to `out` (default artifacts/<name>) and prove it against the original.
+def resolve_recipe(recipe: str | type | Recipe, options: dict) -> Recipe:
+    """A Recipe instance from a name / `./file.py[:Class]` / `pkg.mod:Class` (registry.resolve),
+    a Recipe subclass, or an instance (which already holds its options)."""
+    if isinstance(recipe, Recipe):
+        if options:
+            raise InputError(f"export_recipe got a {type(recipe).__name__} instance and options "
+                             f"{sorted(options)}; pass the options to the class instead ({type(recipe).__name__}(...))")
+        return recipe
+    if isinstance(recipe, str):
+        recipe = registry.resolve(recipe)
+    if not (isinstance(recipe, type) and issubclass(recipe, Recipe)):
+        raise InputError(f"export_recipe takes a recipe name, file, Recipe subclass or instance, not "
+                         f"{type(recipe).__name__}")
+    return recipe(**options)
 
-    Raises ParityError (after writing nothing) when the artifact does not match, unless
+
+def export_recipe(recipe: str | type | Recipe, out: str | Path | None = None, formats=None,
+                  opset: int = DEFAULT_OPSET, allow_mismatch: bool = False,
+                  progress: Callable[[str], None] = _silent, optimize: bool = False, quantize: str | None = None,
+                  threads: int | None = None, **options) -> ExportResult:
+    """Export `recipe` to `out` (default artifacts/<recipe name>) and prove it against the original.
+
+    `recipe` is a registered name, a recipe file (`./my_recipe.py`, `./my_recipe.py:Class`), a
+    module (`my_pkg.recipes:MyRecipe`), a Recipe subclass (with `options` as keywords) or an
+    instance. Raises ParityError (after writing nothing) when the artifact does not match, unless
     `allow_mismatch` is set, in which case the artifact is written with the failing table.
     `optimize` / `quantize="int8"` also write model.optimized.onnx / model.int8.onnx, each
     verified against the original like the artifact (exportable.optimize.export_stages).
     """
     post = _post_stages(optimize, quantize, threads)
-    recipe_cls = registry.get(name)
-    fmts = parse_formats(formats, recipe_cls)
     check_opset(opset)
-    out = Path(out) if out is not None else Path("artifacts") / name
-    recipe: Recipe = recipe_cls(**options)
-    fmts = parse_formats(fmts, recipe)  # options may narrow the formats (an instance's `formats`)
+    instance = resolve_recipe(recipe, options)
+    fmts = parse_formats(formats, instance)
+    out = Path(out) if out is not None else Path("artifacts") / instance.name
     tmp = prepare_out(out)
     try:
-        report = _run_stages(recipe, fmts, opset, tmp, progress, post)
+        report = _run_stages(instance, fmts, opset, tmp, progress, post)
         failed = {fmt: rs for fmt, rs in report.parity.items() if not all(r.passed for r in rs)}
         if failed and not allow_mismatch:
             fmt, results = next(iter(failed.items()))
-            parity.check(results, f"{recipe.name} {fmt} artifact vs {recipe.original_pipeline}")
+            parity.check(results, f"{instance.name} {fmt} artifact vs {instance.original_pipeline}")
         publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -163,18 +183,22 @@ def _post_stages(optimize: bool, quantize: str | None, threads: int | None) -> d
 
 def _run_stages(recipe: Recipe, fmts: list[str], opset: int, folder: Path, progress, post=None) -> Report:
     report = Report(recipe.name, recipe.describe()["options"], recipe.original_pipeline, {},
-                    tolerances={k: t.as_dict() for k, t in recipe.tolerances().items()})
+                    tolerances={k: t.as_dict() for k, t in recipe.output_tolerances().items()})
     with _stage(report, "build", progress) as st:
         quiet_libraries()
         original = recipe.build_original()
-        source = recipe.source()
-        report.source = {"name": source.name, "sha256": source.sha256, "path": source.path}
-        st.detail["source"] = source.name
+        source = recipe.source()  # None: hashed from the first captured wrapper's weights
+        if source is not None:
+            st.detail["source"] = source.name
     models = {}
     for fmt in fmts:
-        models[fmt] = _capture_and_check(recipe, fmt, opset, folder, report, progress)
+        models[fmt], source = capture_and_check(recipe, fmt, opset, folder, report, progress, source)
+    report.source = {"name": source.name, "sha256": source.sha256, "path": source.path}
     with _stage(report, "reference", progress) as st:
         cases = recipe.validation_cases()
+        for case in cases:  # a case the artifact cannot be fed fails here, before the original runs on it
+            if not recipe.unsupported(case, fmts[0]):
+                recipe.feed(case, fmts[0])
         expected = {c.name: original(c) for c in cases}
         st.detail["cases"] = len(cases)
     for fmt in fmts:
@@ -193,28 +217,40 @@ def _run_stages(recipe: Recipe, fmts: list[str], opset: int, folder: Path, progr
     return report
 
 
-def _capture_and_check(recipe: Recipe, fmt: str, opset: int, folder: Path, report: Report, progress):
+def capture_and_check(recipe: Recipe, fmt: str, opset: int, folder: Path, report: Report, progress,
+                      source: Source | None = None) -> tuple:
+    """Capture the wrapper as `fmt` into `folder` (for ONNX, assembled with the recipe's pre/post
+    graphs and metadata), check the file and load it: (runner, source). `source` None: the
+    wrapper's state_dict hash (wrapper_source)."""
     path = folder / MODEL_FILES[fmt]
     with _stage(report, f"capture:{fmt}", progress) as st:
-        module = recipe.build_wrapper(fmt)
+        module = recipe.wrapper_for(fmt)
         inputs = recipe.model_input_specs(fmt)
+        example = recipe.capture_feed(fmt)
+        contract.check_wrapper_outputs(recipe.name, module, example, inputs, recipe.model_output_specs(fmt))
+        source = source or wrapper_source(recipe, module)
         exporter = importlib.import_module(f"exportable.exporters.{recipe.exporter(fmt)}")
-        capture = exporter.export(module, recipe.capture_feed(fmt), inputs, recipe.model_output_specs(fmt), path,
-                                  opset=opset)
+        capture = exporter.export(module, example, inputs, recipe.model_output_specs(fmt), path, opset=opset)
         st.detail.update(strategy=capture.strategy, warnings=capture.warnings, tried=capture.tried)
         for failed, why in capture.tried.items():
             progress(f"capture:{fmt} {failed} exporter failed ({why[:160]}); used {capture.strategy}")
     if fmt == "onnx":
         with _stage(report, "assemble:onnx", progress) as st:
-            model = assemble(recipe, capture.model, opset)
+            model = assemble(recipe, capture.model, opset, source)
             graph.save_single_file(model, path)
             st.detail.update(nodes=len(model.graph.node), bytes=path.stat().st_size,
                              custom_op_domains=graph.custom_domains(model))
     with _stage(report, f"check:{fmt}", progress):
-        return check_model(path)
+        return check_model(path), source
 
 
-def assemble(recipe: Recipe, model, opset: int):
+def wrapper_source(recipe: Recipe, module) -> Source:
+    """The default Source of a recipe that declares none: the hash of its wrapper's weights."""
+    state = module.state_dict() if hasattr(module, "state_dict") else {}
+    return Source(f"{recipe.name} (wrapper weights)", sha256_state_dict(state))
+
+
+def assemble(recipe: Recipe, model, opset: int, source: Source):
     pre = recipe.onnx_preprocessor(opset)
     if pre is not None:
         model = graph.merge_in_front(pre, model)
@@ -223,7 +259,6 @@ def assemble(recipe: Recipe, model, opset: int):
     if post is not None:
         model = graph.merge_behind(model, post)
         graph.apply_specs(model, recipe.input_specs("onnx"), recipe.output_specs())
-    source = recipe.source()
     graph.set_metadata(model, {
         "exportable.recipe": recipe.name,
         "exportable.version": __version__,
@@ -257,7 +292,7 @@ def check_model(path: Path):
 
 
 def verify_cases(runner, recipe: Recipe, fmt: str, cases: list[Case], expected) -> list[parity.CaseResult]:
-    tol = recipe.tolerances()
+    tol = recipe.output_tolerances()
     results = []
     for case in cases:
         reason = recipe.unsupported(case, fmt)
@@ -291,7 +326,7 @@ def _write_vectors(recipe, fmts, folder, cases, expected, models) -> None:
         cases_out.append(vectors.VectorCase(case.name, onnx_feed, expected[case.name], other, known))
     custom = models["onnx"].custom_op_domains if "onnx" in models else []
     vectors.write(folder / "vectors", vectors.Vectors(
-        recipe.name, {fmt: MODEL_FILES[fmt] for fmt in fmts}, custom, recipe.tolerances(), cases_out))
+        recipe.name, {fmt: MODEL_FILES[fmt] for fmt in fmts}, custom, recipe.output_tolerances(), cases_out))
 
 
 def load_artifact(path: str | Path, fmt: str = "onnx", threads: int | None = None):

@@ -166,9 +166,8 @@ def bench_case(recipe, length: str, batch: int) -> Case:
     """The inputs for one (length, batch): the recipe's `bench_case` when it has one; for text
     recipes `batch` different texts of exactly 16 (short) or 128 (long) tokens, or for `mixed`
     the varied corpus in order (real padding); else the validation cases' data, repeated."""
-    hook = getattr(recipe, "bench_case", None)
-    if hook is not None:
-        return hook(length, batch)
+    if recipe.declares_bench_case():
+        return recipe.bench_case(length, batch)
     from .textinput import TextInputs
 
     if isinstance(recipe, TextInputs):
@@ -198,10 +197,11 @@ _text_cache: dict = {}
 
 def real_tokens(recipe, case: Case) -> int | None:
     """Non-padding tokens in a text case (the work a perfect engine must do), else None."""
-    tokenize = getattr(recipe, "tokenize", None)
-    if tokenize is None or not isinstance(case.data, (list, tuple)) or not all(isinstance(t, str) for t in case.data):
+    if not isinstance(case.data, (list, tuple)) or not all(isinstance(t, str) for t in case.data):
         return None
-    ids = tokenize(list(case.data))
+    ids = recipe.tokenize(list(case.data))
+    if ids is None:
+        return None
     mask = ids.get("attention_mask")
     return int(mask.sum()) if mask is not None else int(next(iter(ids.values())).size)
 
@@ -353,9 +353,9 @@ def build_models(recipe: Recipe, folder: Path, wanted: Sequence[str], opset: int
     need = {"onnx": any(v.startswith("onnx") and v != "onnx-ids-optimized" for v in wanted),
             "torchscript": "torchscript" in wanted}
     for fmt in ("onnx", "torchscript"):
-        if need[fmt] and fmt in recipe.formats and not (folder / MODEL_FILES[fmt]).is_file():
+        if need[fmt] and fmt in recipe.formats and not recipe.format_unavailable(fmt) and not (folder / MODEL_FILES[fmt]).is_file():
             progress(f"bench: capturing {fmt}")
-            api._capture_and_check(recipe, fmt, opset, folder, report, progress)
+            api.capture_and_check(recipe, fmt, opset, folder, report, progress, recipe.source())
             built[fmt] = {"strategy": next(s.detail.get("strategy") for s in report.stages
                                             if s.name == f"capture:{fmt}")}
     base = folder / MODEL_FILES["onnx"]
@@ -398,7 +398,8 @@ def build_models(recipe: Recipe, folder: Path, wanted: Sequence[str], opset: int
         ids_recipe = recipe_factory()
         with tempfile.TemporaryDirectory(dir=folder) as tmp:
             progress("bench: capturing the ids-in graph")
-            api._capture_and_check(ids_recipe, "onnx", opset, Path(tmp), Report(recipe.name, {}, "", {}), progress)
+            api.capture_and_check(ids_recipe, "onnx", opset, Path(tmp), Report(recipe.name, {}, "", {}), progress,
+                                  ids_recipe.source())
             fused = optimize.fuse(onnx.load(str(Path(tmp) / MODEL_FILES["onnx"])))
             graph.save_single_file(fused.model, ids_path)
             built["onnx-ids-optimized"] = fused.detail
@@ -567,7 +568,7 @@ def run_bench(name: str, out: str | Path | None = None, artifact: str | Path | N
               progress: Callable[[str], None] = _silent, **options) -> BenchResult:
     from . import api, registry
 
-    recipe_cls = registry.get(name)
+    recipe_cls = registry.resolve(name)
     if device not in ("cpu", "cuda"):
         raise InputError(f"--device {device!r}: choose cpu or cuda")
     bad = [l for l in lengths if l not in (*LENGTHS, "mixed")]
@@ -588,7 +589,7 @@ def run_bench(name: str, out: str | Path | None = None, artifact: str | Path | N
     api.quiet_libraries()
     recipe = recipe_cls(**options)
     wanted = _wanted_variants(recipe, variants, device)
-    out = Path(out) if out is not None else Path("artifacts") / "bench" / name
+    out = Path(out) if out is not None else Path("artifacts") / "bench" / recipe.name
     if artifact is not None and not Path(artifact).is_dir():
         raise InputError(f"--artifact {artifact}: no such folder; pass an artifact folder (e.g. artifacts/{name})")
     models = _fresh_models_folder(out, artifact)
@@ -610,7 +611,7 @@ def run_bench(name: str, out: str | Path | None = None, artifact: str | Path | N
     built = build_models(recipe, models, wanted, opset, quick, threads, progress,
                          ids_recipe if "onnx-ids-optimized" in wanted else None)
     built_info = _read_build_info(models, built)
-    fpt = getattr(recipe, "flops_per_token", None)
+    fpt = recipe.flops_per_token
     fpt_source = "recipe" if fpt else "graph weights (2*K*N per dense layer, attention scores not counted)"
     if not fpt and (models / MODEL_FILES["onnx"]).is_file():
         import onnx
@@ -707,7 +708,7 @@ def _wanted_variants(recipe, variants, device) -> list[str]:
             wanted.append("onnx-fp16")
     if "original" not in wanted:
         wanted.insert(0, "original")  # the reference every variant is proven and timed against
-    return [v for v in wanted if v != "torchscript" or "torchscript" in recipe.formats]
+    return [v for v in wanted if v != "torchscript" or ("torchscript" in recipe.formats and not recipe.format_unavailable("torchscript"))]
 
 
 def _read_build_info(models: Path, built: dict) -> dict:
@@ -720,8 +721,8 @@ def _read_build_info(models: Path, built: dict) -> dict:
 
 
 def _make_variants(recipe, wanted, models: Path, threads, device, ids_recipe, built: dict | None = None) -> list[Variant]:
-    fp32 = recipe.tolerances()
-    text_in = getattr(recipe, "text_mode", False)
+    fp32 = recipe.output_tolerances()
+    text_in = recipe.text_mode
     onnx_desc = "exported artifact" + (" (strings in: tokenizer in the graph)" if text_in else " (recipe feed + graph)")
     specs = {
         "original": (f"{recipe.original_pipeline} (its own preprocessing included)", fp32),
@@ -742,9 +743,9 @@ def _make_variants(recipe, wanted, models: Path, threads, device, ids_recipe, bu
             gpu, why = _original_on_gpu(recipe)
             v.description += " (eager PyTorch on the GPU)" if gpu else f" (on the CPU: {why})"
             v.device = "cuda" if gpu else "cpu"
-            _loaded(v, gpu or getattr(recipe, "bench_original", recipe.build_original))
+            _loaded(v, gpu or recipe.bench_original)
         elif name == "original":  # a recipe whose original memoises answers says how to time it
-            _loaded(v, getattr(recipe, "bench_original", recipe.build_original))
+            _loaded(v, recipe.bench_original)
         elif file is None or not (models / file).is_file():
             why = (built or {}).get(name, {}).get("error")
             v.status, v.reason = "unavailable", why or f"no {file} in {models}"
@@ -761,8 +762,7 @@ def _make_variants(recipe, wanted, models: Path, threads, device, ids_recipe, bu
 def _original_on_gpu(recipe) -> tuple[Callable[[], Callable] | None, str]:
     """What times the original on the GPU (issue 10: measure against eager PyTorch there), or why
     nothing does: a recipe opts in with `original_on(device)`."""
-    hook = getattr(recipe, "original_on", None)
-    if hook is None:
+    if type(recipe).original_on is Recipe.original_on:
         return None, f"{recipe.name} has no original_on(device)"
     try:
         import torch
@@ -770,7 +770,7 @@ def _original_on_gpu(recipe) -> tuple[Callable[[], Callable] | None, str]:
         return None, "torch is not installed"
     if not torch.cuda.is_available():
         return None, f"torch {torch.__version__} sees no CUDA device"
-    return (lambda: hook("cuda")), ""
+    return (lambda: recipe.original_on("cuda")), ""
 
 
 def _torchscript_call(path: Path, recipe):

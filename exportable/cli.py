@@ -31,9 +31,13 @@ def _base_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="{list,recipe,verify,inspect,bench}", parser_class=_Parser)
     sub.required = True
     sub.add_parser("list", help="list the registered recipes")
-    r = sub.add_parser("recipe", help="export a recipe and verify it against the original",
+    # add_help=False: `recipe NAME --help` lists that recipe's own options (cmd_recipe), which
+    # argparse's built-in --help would answer with this parser's generic text instead.
+    r = sub.add_parser("recipe", help="export a recipe and verify it against the original", add_help=False,
                        description="Recipe-specific options are listed by `recipe NAME --help`.")
-    r.add_argument("name")
+    r.add_argument("-h", "--help", action="store_true", help="this help, or with NAME that recipe's options")
+    r.add_argument("name", nargs="?",
+                   help="a recipe name (`list`), a recipe file ./my_recipe.py[:Class], or pkg.module:Class")
     r.add_argument("--format", default="onnx", help="comma-separated: onnx,torchscript (default onnx)")
     r.add_argument("--out", type=Path, help="artifact folder (default artifacts/NAME)")
     r.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")
@@ -47,6 +51,7 @@ def _base_parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=int, default=None,
                    help="ONNX Runtime threads for the optimize/quantize stages (default: the CPUs this "
                         "container may use, from its cgroup quota and affinity)")
+    r.set_defaults(recipe_parser=r)
     v = sub.add_parser("verify", help="replay an artifact's test vectors against its model files")
     v.add_argument("folder", type=Path)
     v.add_argument("--format", default=None, help="only these formats (default: all present)")
@@ -82,24 +87,18 @@ def _bench_parser(sub) -> None:
     b.add_argument("--opset", type=int, default=None, help="ONNX opset for the models bench builds (default 18)")
 
 
-def _recipe_options(name: str, argv: list[str]) -> tuple[dict, list[str]]:
-    """Parse the recipe's own options (declared by the recipe) out of argv."""
-    from . import registry
-
-    cls = registry.get(name)
-    p = _Parser(prog=f"python -m exportable recipe {name}", add_help=False)
+def _recipe_options(cls, argv: list[str]) -> tuple[dict, list[str]]:
+    """Parse the recipe's own options (declared by the recipe class) out of argv; the recipe
+    converts and checks the values (Option.coerce)."""
+    p = _Parser(prog=f"python -m exportable recipe {cls.name}", add_help=False)
     for opt in cls.options:
-        p.add_argument(opt.flag, dest=opt.name, type=opt.type, default=None, help=opt.help,
-                       choices=opt.choices)
+        p.add_argument(opt.flag, dest=opt.name, default=None, help=opt.help)
     ns, rest = p.parse_known_args(argv)
     return {k: v for k, v in vars(ns).items() if v is not None}, rest
 
 
-def _recipe_help(name: str) -> str:
-    from . import registry
-
-    cls = registry.get(name)
-    lines = [f"recipe {name}: {cls.summary}", f"original pipeline: {cls.original_pipeline}",
+def _recipe_help(cls) -> str:
+    lines = [f"recipe {cls.name}: {cls.summary}", f"original pipeline: {cls.original_pipeline}",
              f"formats: {', '.join(cls.formats)}", "options:"]
     for opt in cls.options:
         extra = f" (choices: {', '.join(map(str, opt.choices))})" if opt.choices else ""
@@ -113,25 +112,34 @@ def _recipe_help(name: str) -> str:
 def cmd_list(_args) -> int:
     from . import registry
 
-    for name in registry.names():
-        cls = registry.get(name)
-        print(f"{name:<20} {', '.join(cls.formats):<20} {cls.summary}")
+    for entry in registry.entries():
+        if entry.cls is None:
+            print(f"{entry.name:<20} {'-':<20} {entry.problem} [{entry.origin}]")
+        else:
+            print(f"{entry.name:<20} {', '.join(entry.cls.formats):<20} {entry.cls.summary} [{entry.origin}]")
     return 0
 
 
 def cmd_recipe(args, extra: list[str]) -> int:
-    from . import api
+    from . import api, registry
     from .parity import format_table
 
-    if "-h" in extra or "--help" in extra:
-        print(_recipe_help(args.name))
+    if args.name is None:
+        if args.help:
+            print(args.recipe_parser.format_help())
+            return 0
+        raise InputError("recipe: give a recipe name, a file ./my_recipe.py or pkg.module:Class; "
+                         "see `python -m exportable list`")
+    cls = registry.resolve(args.name)
+    if args.help:
+        print(_recipe_help(cls))
         return 0
-    options, rest = _recipe_options(args.name, extra)
+    options, rest = _recipe_options(cls, extra)
     if rest:
         raise InputError(f"unknown option {rest[0]!r} for recipe {args.name}; "
                          f"see `python -m exportable recipe {args.name} --help`")
     say = _progress(time.perf_counter())
-    result = api.export_recipe(args.name, out=args.out, formats=args.format,
+    result = api.export_recipe(cls, out=args.out, formats=args.format,
                                opset=args.opset or api.DEFAULT_OPSET, allow_mismatch=args.allow_mismatch,
                                progress=say, optimize=args.optimize, quantize=args.quantize,
                                threads=args.threads, **options)
@@ -153,9 +161,9 @@ def _int_list(text: str, flag: str) -> list[int]:
 
 
 def cmd_bench(args, extra: list[str]) -> int:
-    from . import api, bench
+    from . import api, bench, registry
 
-    options, rest = _recipe_options(args.name, extra)
+    options, rest = _recipe_options(registry.resolve(args.name), extra)
     if rest:
         raise InputError(f"unknown option {rest[0]!r} for bench {args.name}; see `python -m exportable bench --help`")
     result = bench.run_bench(

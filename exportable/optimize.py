@@ -738,9 +738,9 @@ def calibration_cases(recipe, limit: int | None = None):
     from .recipe import Case
     from .textinput import TextInputs
 
-    hook = getattr(recipe, "calibration_cases", None)
-    if hook is not None:
-        cases = list(hook())
+    declared = recipe.calibration_cases()
+    if declared is not None:
+        cases = list(declared)
     elif isinstance(recipe, TextInputs):
         texts = corpus_texts()
         cases = [Case(f"calibration_{i:04d}", texts[i:i + 32]) for i in range(0, len(texts), 32)]
@@ -784,7 +784,7 @@ def _verify(runner, recipe, cases, expected, tolerances) -> list:
     from . import parity
     from .errors import InputError
 
-    unsupported = getattr(recipe, "unsupported", lambda _c, _f: None)
+    unsupported = recipe.unsupported
     results = []
     for case in cases:
         reason = unsupported(case, "onnx")
@@ -843,7 +843,7 @@ def export_stages(recipe, folder: Path, report, cases, expected, *, quantize: st
                  f"{fused.detail['nodes_after']} nodes")
     with stage("verify:onnx.optimized") as st:
         results = _verify(_load_or_fail(Path(folder) / OPTIMIZED_FILE, threads), recipe, cases, expected,
-                          recipe.tolerances())
+                          recipe.output_tolerances())
         report.parity["onnx.optimized"] = results
         st.status = "ok" if all(r.passed for r in results) else "failed"
     if quantize is None:
@@ -858,7 +858,7 @@ def export_stages(recipe, folder: Path, report, cases, expected, *, quantize: st
         graph.save_single_file(q.model, Path(folder) / INT8_FILE)
         st.detail.update(json_safe(q.detail))
     with stage("verify:onnx.int8") as st:
-        tolerances = int8_tolerances(recipe.tolerances())
+        tolerances = int8_tolerances(recipe.output_tolerances())
         results = _verify(_load_or_fail(Path(folder) / INT8_FILE, threads), recipe, cases, expected, tolerances)
         report.parity["onnx.int8"] = results
         st.detail["tolerances"] = json_safe({k: t.as_dict() for k, t in tolerances.items()})

@@ -1,7 +1,9 @@
-"""Loading a user's `--weights FILE` (vision recipes): a torch state_dict, safely."""
+"""Weights of vision recipes: a user's `--weights FILE` (a torch state_dict, loaded safely and
+checked with one-line errors), and the BatchNorm calibration that makes seeded weights behave."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from .errors import InputError
@@ -28,3 +30,58 @@ def load_state_dict(path: Path) -> dict:
         raise InputError(f"--weights {path}: holds a {type(state).__name__}, not a state_dict (a dict of tensors); "
                          "save model.state_dict()")
     return state
+
+
+WEIGHT_SUFFIXES = (".pt", ".pth", ".safetensors")
+
+
+def check_weights_file(path: Path) -> None:
+    """Refuse a `--weights` path that is not a file of a kind load_state_dict reads, before any
+    model is built (a one-line InputError)."""
+    if not path.is_file():
+        raise InputError(f"--weights {path}: no such file; pass a state_dict saved with torch.save "
+                         "(.pt/.pth) or safetensors (.safetensors)")
+    if path.suffix not in WEIGHT_SUFFIXES:
+        raise InputError(f"--weights {path}: expected a .pt, .pth or .safetensors file")
+
+
+def rows_of(state: dict, key: str, path: Path, what: str) -> int:
+    """The first dimension of state[key] (e.g. a class count, read off a classifier layer's
+    weight); a state_dict without the key is not one of `what`."""
+    if key not in state:
+        raise InputError(f"--weights {path}: no {key!r} in it, so it is not a {what} state_dict; "
+                         "check --arch, and save model.state_dict()")
+    return int(state[key].shape[0])
+
+
+def load_into(model, state: dict, path: Path, what: str):
+    """model.load_state_dict(state) (strict), a mismatch as a one-line InputError; returns model."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = " ".join(str(exc).split())[:240]
+        raise InputError(f"--weights {path}: not a state_dict of {what} ({first}); check --arch") from None
+    return model
+
+
+@contextlib.contextmanager
+def calibrating_batchnorm(model):
+    """Seeded weights that behave like trained ones: inside this block the model is in train mode
+    and every BatchNorm's running statistics start over as a plain average of the batches run
+    through it (torchvision's init leaves them at mean 0, variance 1, with which activations
+    vanish or explode and the answer hardly depends on the input). Eval mode and each layer's
+    momentum come back afterwards."""
+    import torch
+
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a plain average over the calibration batch
+    model.train()
+    try:
+        yield model
+    finally:
+        model.eval()
+        for norm, momentum in zip(norms, momenta):
+            norm.momentum = momentum

@@ -26,6 +26,7 @@ BERT_FAMILY = {"bert", "distilbert", "roberta", "xlm-roberta", "mpnet", "electra
 @register
 class SentenceBert(TextInputs, Recipe):
     name = "sentence_bert"
+    formats = ("onnx", "torchscript")
     summary = "sentence-transformers encoder (default all-MiniLM-L6-v2) -> sentence_embedding"
     original_pipeline = "SentenceTransformer.encode"
     options = (

@@ -115,6 +115,7 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
 @register
 class TextClassifier(TextInputs, Recipe):
     name = "text_classifier"
+    formats = ("onnx", "torchscript")
     summary = "BERT sequence classifier (default MiniLM + topic head trained at export) -> decisions"
     original_pipeline = "transformers AutoModelForSequenceClassification + numpy softmax/sigmoid + thresholds"
     options = (

@@ -47,6 +47,7 @@ SWEEP = range(1, 129)  # every sequence length the validation proves (plus one t
 @register
 class TokenTagger(TextInputs, Recipe):
     name = "token_tagger"
+    formats = ("onnx", "torchscript")
     summary = "BERT token classifier + CRF Viterbi (default MiniLM, seeded 9-tag BIO head) -> tags, score"
     original_pipeline = "transformers AutoModelForTokenClassification + numpy Viterbi"
     options = (

@@ -89,8 +89,8 @@ def test_io_binding_runs_numeric_graphs_bound_and_string_graphs_plainly():
 
 def test_the_gpu_original_is_the_same_pipeline_on_another_device_and_says_why_it_is_not_used():
     from exportable.recipe import Case
-    from recipes.sentence_bert import SentenceBert
-    from recipes.yolo_nms import YoloNMS
+    from exportable.recipes.sentence_bert import SentenceBert
+    from exportable.recipes.yolo_nms import YoloNMS
 
     recipe = SentenceBert()
     case = Case("texts", ["a first sentence", "Café 東京 😀", ""])

@@ -19,7 +19,7 @@ from exportable import api, runtime
 from exportable.blocks import image_io, vision
 from exportable.errors import InputError
 
-ic = importlib.import_module("recipes.image_classifier")
+ic = importlib.import_module("exportable.recipes.image_classifier")
 PIXEL_FORMATS = "onnx,torchscript"
 
 

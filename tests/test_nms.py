@@ -125,7 +125,7 @@ def test_float32_below_decides_like_the_double_threshold():
 
 def test_yolo_block_in_eager_torch_equals_the_recipe_original():
     """The block's own eager path (torchvision.ops.nms inside the custom op) agrees too."""
-    import recipes.yolo_nms as yolo
+    import exportable.recipes.yolo_nms as yolo
 
     for iou, score in ((0.45, 0.25), (0.7, 0.05), (0.5, 0.6)):
         recipe = yolo.YoloNMS(num_classes=5, iou_threshold=iou, score_threshold=score, max_det=40)

@@ -120,7 +120,7 @@ def test_validation_images_put_thousands_of_boxes_through_nms_away_from_a_flip(s
 def test_a_fresh_image_and_the_artifact_metadata(default_export, seeded):
     folder, _ = default_export
     recipe = seeded
-    from recipes.object_detector import synthetic_image
+    from exportable.recipes.object_detector import synthetic_image
 
     noise = np.random.default_rng(1).integers(-30, 31, (200, 300, 3))
     image = (synthetic_image(11, 200, 300) + noise).clip(0, 255).astype(np.uint8)  # blobs + pixel noise

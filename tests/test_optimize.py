@@ -13,7 +13,7 @@ from exportable.recipe import Case
 
 @pytest.fixture(scope="module")
 def ids_recipe():
-    from recipes.sentence_bert import SentenceBert
+    from exportable.recipes.sentence_bert import SentenceBert
 
     return SentenceBert(inputs="ids")
 

@@ -17,7 +17,7 @@ FORMATS = "onnx,torchscript"  # the same export as tests/test_recipes.py's parit
 def _load_recipe_module():
     import importlib
 
-    return importlib.import_module("recipes.text_classifier")
+    return importlib.import_module("exportable.recipes.text_classifier")
 
 
 tc = _load_recipe_module()
