@@ -120,23 +120,6 @@ def corpus_cases() -> list[Case]:
     return cases
 
 
-def load_bert_family(auto_class, model_dir: Path, kind: str, families, **extra):
-    """`auto_class.from_pretrained(model_dir)` (local files only), or one-line InputErrors naming
-    the folder: not loadable as `kind`, or not one of the BERT-family `families` the tokenizer
-    graph reproduces."""
-    from .errors import InputError
-
-    try:
-        model = auto_class.from_pretrained(str(model_dir), local_files_only=True, **extra)
-    except Exception as exc:
-        raise InputError(f"--model {model_dir}: transformers could not load it as a {kind} "
-                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
-    if model.config.model_type not in families:
-        raise InputError(f"--model {model_dir}: model type {model.config.model_type!r} is not "
-                         f"BERT-family; supported: {', '.join(sorted(families))}")
-    return model
-
-
 def load_hf_tokenizer(model_dir: Path):
     """The transformers tokenizer saved in `model_dir` (local files only), or a one-line InputError."""
     from transformers import AutoTokenizer

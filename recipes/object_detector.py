@@ -29,7 +29,7 @@ logit raised until a uniform gray image scores at most 0.0005 for any class (a b
 detects nothing). `--weights FILE` takes a real state_dict (.pt/.pth or .safetensors).
 
 The image input (pixels or encoded), weights loading and the source come from
-exportable.families.vision.VisionRecipe (docs/families-vision.md).
+exportable.families.vision.VisionRecipe (docs/writing-a-recipe.md, Families).
 """
 
 from __future__ import annotations

@@ -113,7 +113,7 @@ def test_verify_command_replays_vectors_and_catches_tampering(exported, tmp_path
     folder = exported("sentence_bert", "onnx,torchscript")
     ok = run_cli("verify", folder)
     assert ok.returncode == 0, ok.stderr
-    assert "verify PASSED: 102 cases" in ok.stdout
+    assert "verify PASSED: 106 cases" in ok.stdout
     copy = tmp_path / "tampered"
     shutil.copytree(folder, copy)
     first = sorted((copy / "vectors" / "case_000").glob("expected.*.bin"))[0]
@@ -122,7 +122,7 @@ def test_verify_command_replays_vectors_and_catches_tampering(exported, tmp_path
     data.tofile(first)
     bad = run_cli("verify", copy, "--format", "onnx")
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
-    assert "case_000" not in bad.stderr and "batch1_00 / sentence_embedding" in bad.stderr
+    assert "case_000" not in bad.stderr and "batch1_000 / sentence_embedding" in bad.stderr
 
 
 def test_model_path_with_a_checkpoint_the_test_saves(tmp_path, minilm_dir):

@@ -11,7 +11,7 @@
 
 A subclass of VisionRecipe declares seeded_model(), model_from_weights(), seeded_source_name(),
 example_image() and the usual specs; one of TorchvisionClassifier declares only its name, options
-and tolerances. See docs/families-vision.md.
+and tolerances. See docs/writing-a-recipe.md, Families.
 """
 
 from __future__ import annotations

@@ -1,0 +1,152 @@
+"""The text families: one table of supported encoders for every text recipe and the tokenizer
+reader, `--model` as a Hugging Face id from a cache the test builds, and a RoBERTa classifier
+(byte-level BPE tokenizer trained here) exported with `--inputs ids` against transformers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from exportable import api, registry, samples
+from exportable.errors import InputError
+from exportable.text import support
+
+TEXT_RECIPES = ("sentence_bert", "text_classifier", "token_tagger")
+COMMIT = "89abcdef0123456789abcdef0123456789abcdef"
+
+
+def fake_folder(folder, model_type: str, architecture: str):
+    """The files every text recipe's folder check asks for, with a config of `model_type`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": model_type, "architectures": [architecture]}))
+    (folder / "crf.safetensors").write_bytes(b"")  # token_tagger's extra file; never read here
+    return folder
+
+
+@pytest.mark.parametrize("name", TEXT_RECIPES)
+def test_every_text_recipe_refuses_an_unsupported_encoder_from_the_one_table(name, tmp_path):
+    folder = fake_folder(tmp_path / "gpt2", "gpt2", "GPT2ForSequenceClassification")
+    with pytest.raises(InputError) as err:
+        registry.get(name)(model=str(folder))
+    msg = str(err.value)
+    assert "\n" not in msg and "model type 'gpt2' is not a supported encoder" in msg
+    assert msg.endswith("supported: " + ", ".join(support.ENCODERS))
+
+
+@pytest.mark.parametrize("name", TEXT_RECIPES)
+def test_an_encoder_without_a_graph_tokenizer_needs_ids_inputs(name, tmp_path):
+    folder = fake_folder(tmp_path / "rob", "roberta", "RobertaForSequenceClassification")
+    with pytest.raises(InputError, match=r"'roberta': its tokenizer is not built into the graph yet .* "
+                                         r"pass --inputs ids"):
+        registry.get(name)(model=str(folder))
+    registry.get(name)(model=str(folder), inputs="ids")  # accepted: the ids-in graph exports
+
+
+def test_the_tokenizer_reader_accepts_exactly_the_tables_classes(tmp_path, minilm_dir):
+    import shutil
+
+    from exportable.text import TokenizerSettings
+
+    for klass in support.GRAPH_TOKENIZER_CLASSES + ("ElectraTokenizerFast",):
+        folder = tmp_path / klass
+        shutil.copytree(minilm_dir, folder)
+        config = json.loads((folder / "tokenizer_config.json").read_text())
+        (folder / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": klass}))
+        if klass in support.GRAPH_TOKENIZER_CLASSES:
+            assert TokenizerSettings.from_pretrained(folder, max_length=64).max_length == 64
+        else:
+            with pytest.raises(InputError, match="tokenizer_class 'ElectraTokenizerFast' is not supported"):
+                TokenizerSettings.from_pretrained(folder, max_length=64)
+
+
+def _tiny_bert_classifier(folder, minilm_dir):
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                        intermediate_size=64, num_labels=3, max_position_embeddings=128)
+    model = BertForSequenceClassification(config).eval()
+    torch.nn.init.normal_(model.classifier.weight, std=1.0)
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(str(minilm_dir)).save_pretrained(folder)
+    return model
+
+
+def test_model_as_a_hub_id_from_the_local_cache(tmp_path, monkeypatch, minilm_dir):
+    import onnx
+    import onnxruntime as ort
+    import torch
+    from onnxruntime_extensions import get_library_path
+    from transformers import AutoTokenizer
+
+    home = tmp_path / "hf"
+    repo = home / "hub" / "models--acme--tiny-classifier"
+    snapshot = repo / "snapshots" / COMMIT
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(COMMIT)
+    original = _tiny_bert_classifier(snapshot, minilm_dir)
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    out = tmp_path / "artifact"
+    result = run_cli("recipe", "text_classifier", "--model", "acme/tiny-classifier", "--out", out)
+    assert result.returncode == 0, result.stderr
+    meta = {p.key: p.value for p in onnx.load(str(out / "model.onnx"), load_external_data=False).metadata_props}
+    assert meta["exportable.source_model"] == "acme/tiny-classifier"
+
+    # Fresh texts: the artifact (strings in) against the checkpoint in the cache, run by transformers.
+    texts = samples.sentences(5, seed=99)
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(get_library_path())
+    got = ort.InferenceSession(str(out / "model.onnx"), options).run(None, {"text": np.array(texts, dtype=object)})
+    enc = AutoTokenizer.from_pretrained(str(snapshot))(texts, padding=True, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        probs = torch.softmax(original(**enc).logits, -1).numpy()
+    np.testing.assert_array_equal(got[0], probs.argmax(-1))
+    np.testing.assert_allclose(got[1], probs.max(-1), atol=1e-5)
+
+    missing = run_cli("recipe", "text_classifier", "--model", "acme/not-cached", "--out", tmp_path / "none")
+    assert missing.returncode == 2 and not (tmp_path / "none").exists()
+    assert missing.stderr.strip().count("\n") == 0 and "not in the local Hugging Face cache" in missing.stderr
+
+
+def _tiny_roberta_classifier(folder):
+    """A seeded RoBERTa classifier and a byte-level BPE tokenizer trained here on sample text."""
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaConfig, RobertaForSequenceClassification, RobertaTokenizer
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(samples.sentences(300, seed=1), vocab_size=400,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    folder.mkdir(parents=True)
+    bpe.save_model(str(folder))
+    tok = RobertaTokenizer(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"), model_max_length=512)
+    torch.manual_seed(0)
+    config = RobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=64, max_position_embeddings=514, num_labels=3,
+                           pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    model = RobertaForSequenceClassification(config).eval()
+    torch.nn.init.normal_(model.classifier.out_proj.weight, std=1.0)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def test_a_roberta_classifier_exports_with_ids_inputs_and_matches_transformers(tmp_path):
+    folder = _tiny_roberta_classifier(tmp_path / "roberta")
+    result = api.export_recipe("text_classifier", out=tmp_path / "artifact", model=str(folder), inputs="ids",
+                               formats="onnx")
+    report = result.report
+    assert report.parity["onnx"] and all(r.passed for r in report.parity["onnx"])
+    recipe = registry.get("text_classifier")(model=str(folder), inputs="ids")
+    assert recipe.max_length == 512  # 514 positions, offset by RoBERTa's padding id + 1
+    assert [s.name for s in recipe.input_specs()] == ["input_ids", "attention_mask"]  # no token types
+    longest = max(recipe.feed(case)["input_ids"].shape[1] for case in recipe.validation_cases())
+    assert longest == 512  # the truncated text reaches the last position the model embeds
