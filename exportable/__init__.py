@@ -1,12 +1,12 @@
 """exportable: single-file, end-to-end inference artifacts with proof of parity."""
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 # The recipe contract (light: numpy only), for `from exportable import Recipe, TensorSpec, Case`.
 from .recipe import EXACT, Case, Option, Recipe, Source, TensorSpec, Tolerance  # noqa: E402
 from .registry import register  # noqa: E402
 
-__all__ = ["EXACT", "Case", "Option", "Recipe", "Source", "TensorSpec", "Tolerance", "register",
+__all__ = ["__version__", "EXACT", "Case", "Option", "Recipe", "Source", "TensorSpec", "Tolerance", "register",
            "export_recipe", "verify_artifact", "load_artifact"]
 
 

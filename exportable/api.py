@@ -11,15 +11,16 @@ import importlib
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 
-from . import __version__, contract, graph, parity, registry, runtime, vectors
+from . import contract, graph, parity, registry, runtime, vectors
 from . import optimize as optimizer  # not `optimize`: export_recipe's flag has that name
-from .errors import CheckError, ExportableError, InputError, ParityError
+from ._version import __version__
+from .errors import CheckError, ExportableError, InputError
 from .exporters import onnx as onnx_exporter
 from .hashing import sha256_state_dict
 from .recipe import FORMATS, Case, Recipe, Source

@@ -36,9 +36,9 @@ import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -750,11 +750,12 @@ def _make_variants(recipe, wanted, models: Path, threads, device, ids_recipe, bu
             why = (built or {}).get(name, {}).get("error")
             v.status, v.reason = "unavailable", why or f"no {file} in {models}"
         elif name == "torchscript":
-            _loaded(v, lambda: _torchscript_call(models / file, recipe))
+            _loaded(v, lambda path=models / file: _torchscript_call(path, recipe))
         elif name == "onnx-ids-optimized":
-            _loaded(v, lambda: OrtCall(models / file, recipe, "onnx", threads, device, feed_recipe=ids_recipe()))
+            _loaded(v, lambda path=models / file: OrtCall(path, recipe, "onnx", threads, device,
+                                                          feed_recipe=ids_recipe()))
         else:
-            _loaded(v, lambda: OrtCall(models / file, recipe, "onnx", threads, device))
+            _loaded(v, lambda path=models / file: OrtCall(path, recipe, "onnx", threads, device))
         out.append(v)
     return out
 

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import __version__
+from ._version import __version__
 from .errors import ExportableError, InputError, ParityError
 
 

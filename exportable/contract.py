@@ -8,7 +8,8 @@ mislabelled artifact or a parity table that blames the wrong output.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from .errors import InputError
 from .recipe import TensorSpec

@@ -1,8 +1,8 @@
 """Hashes that identify what an artifact was made from."""
 
 import hashlib
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".pb", ".ckpt")
 

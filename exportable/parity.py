@@ -5,8 +5,8 @@ compare() never raises on a difference: it reports numbers. check() applies a To
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Mapping
 
 import numpy as np
 

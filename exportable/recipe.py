@@ -13,10 +13,11 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -61,7 +62,7 @@ class Tolerance:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping) -> "Tolerance":
+    def from_dict(cls, d: Mapping) -> Tolerance:
         if d.get("exact"):
             return cls(exact=True)
         return cls(atol=d["atol"], rtol=d["rtol"], min_cosine=d.get("min_cosine"))

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 
@@ -167,7 +167,10 @@ class OnnxRunner:
         try:
             return dict(zip(self.output_names, self.session.run(self.output_names, ready, quiet)))
         except Exception as exc:
-            raise _refused(exc) or exc
+            refused = _refused(exc)
+            if refused is None:
+                raise
+            raise refused from None
 
 
 def _refused(exc: Exception) -> InputError | None:
@@ -222,7 +225,10 @@ class TorchScriptRunner:
             try:
                 result = self.module(*args)
             except Exception as exc:  # a scripted `raise ValueError("input error: ...")`
-                raise _refused(exc) or exc
+                refused = _refused(exc)
+                if refused is None:
+                    raise
+                raise refused from None
         if isinstance(result, torch.Tensor):
             result = (result,)
         return {n: _to_numpy(t) for n, t in zip(self.output_names, result)}

@@ -6,9 +6,9 @@ See docs/vectors.md: a JSON manifest, numeric tensors as raw little-endian files
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 

@@ -33,7 +33,12 @@ changed its top-5 on 21-23 of 34 images. tests/test_image_classifier.py keeps it
 
 from __future__ import annotations
 
-from exportable.families.vision import SIZES, TorchvisionClassifier, calibrate_batchnorm, classifier_options
+from exportable.families.vision import (
+    SIZES,
+    TorchvisionClassifier,
+    calibrate_batchnorm,
+    classifier_options,
+)
 from exportable.images import encode, synthetic_image
 from exportable.recipe import EXACT, Case, Tolerance
 from exportable.registry import register

@@ -15,8 +15,14 @@ import random
 from pathlib import Path
 
 from exportable import samples
-from exportable.families.text_classifier import GUARD, SequenceClassifierFamily, classifier_options, held_out, \
-    sigmoid, train_linear_head
+from exportable.families.text_classifier import (
+    GUARD,
+    SequenceClassifierFamily,
+    classifier_options,
+    held_out,
+    sigmoid,
+    train_linear_head,
+)
 from exportable.recipe import Case
 from exportable.registry import register
 

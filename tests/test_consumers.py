@@ -14,10 +14,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from test_recipes import PARITY_CASES, require_extra
 
 from exportable import registry
 from exportable.report import record_runtime
-from test_recipes import PARITY_CASES, require_extra
 
 pytestmark = pytest.mark.consumers
 HERE = Path(__file__).parent / "consumers"

@@ -228,7 +228,7 @@ def test_option_errors_are_one_line(small_weights, tmp_path, options, message):
              "NOT_A_STATE_DICT": tmp_path / "list.pt", "WRONG_SUFFIX": tmp_path / "w.bin"}
     options = {k: str(paths.get(v, v)) if isinstance(v, str) else v for k, v in options.items()}
     with pytest.raises(InputError, match=message) as caught:
-        ic.ImageClassifier(**options).model
+        _ = ic.ImageClassifier(**options).model
     assert "\n" not in str(caught.value)
 
 

@@ -175,12 +175,12 @@ def test_bad_weights_name_the_fix(tmp_path):
         cls(weights=str(tmp_path / "nope.pt"))
     torch.save([1, 2], tmp_path / "list.pt")
     with pytest.raises(InputError, match="not a state_dict"):
-        cls(weights=str(tmp_path / "list.pt")).model
+        _ = cls(weights=str(tmp_path / "list.pt")).model
     torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "other.pt")
     with pytest.raises(InputError, match="not a ssdlite320_mobilenet_v3_large state_dict"):
-        cls(weights=str(tmp_path / "other.pt")).model
+        _ = cls(weights=str(tmp_path / "other.pt")).model
     (tmp_path / "junk.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(InputError, match="cannot read it"):
-        cls(weights=str(tmp_path / "junk.safetensors")).model
+        _ = cls(weights=str(tmp_path / "junk.safetensors")).model
     with pytest.raises(InputError, match="must be in"):
         cls(iou_threshold=1.5)

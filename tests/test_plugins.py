@@ -15,7 +15,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from test_byom import MINIMAL
 
 ROOT = Path(__file__).resolve().parents[1]

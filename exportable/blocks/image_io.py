@@ -275,7 +275,7 @@ def _jpeg_checks(g: _Graph, b: _V, bp: _V, at, n: _V, is_jpeg: _V):
 
     body = g.child()
     it, cond_in, p, status = (body.fresh(x) for x in ("iter", "cond", "p", "status"))
-    pv, sv = _V(body, p), _V(body, status)
+    pv = _V(body, p)
     code = body.op("Gather", bp, body.op("Clip", pv + 1, body.lift(0), n + 63), axis=0)
     length = body.op("Gather", bp, body.op("Clip", pv + 2, body.lift(0), n + 63), axis=0) * 256 + \
         body.op("Gather", bp, body.op("Clip", pv + 3, body.lift(0), n + 63), axis=0)

@@ -18,8 +18,8 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 

@@ -6,8 +6,8 @@ handlers (exportable.tf), same verb as the other exporters.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..recipe import TensorSpec
 from . import Capture

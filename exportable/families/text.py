@@ -15,9 +15,10 @@ exportable.families.token_tagger. See docs/writing-a-recipe.md, Families.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 

@@ -27,9 +27,9 @@ must be made at export), `validation_texts()` and `example_case()`.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -182,12 +182,16 @@ class SequenceClassifierFamily(TextFamily):
         return np.abs(sigmoid(logits) - np.array(self.thresholds)).min(-1)
 
     def build_original(self):
-        self.classifier  # load (and make the head) now, so a bad --model fails in the build stage
+        _ = self.classifier  # load (and make the head) now, so a bad --model fails in the build stage
         return lambda case: self.decide(self.logits(list(case.data)))
 
     # --- the wrapper ------------------------------------------------------------------------
     def build_wrapper(self, fmt: str = "onnx"):
-        from exportable.blocks.decision import MultiLabelDecision, SequenceClassifierDecision, SingleLabelDecision
+        from exportable.blocks.decision import (
+            MultiLabelDecision,
+            SequenceClassifierDecision,
+            SingleLabelDecision,
+        )
 
         head = SingleLabelDecision() if self.head == "single" else MultiLabelDecision(self.thresholds)
         return SequenceClassifierDecision(self.classifier, head).eval()

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import ClassVar, Sequence
+from typing import ClassVar
 
 import numpy as np
 
@@ -29,7 +30,13 @@ from exportable.errors import BuildError, InputError
 from exportable.hashing import sha256_files, sha256_state_dict
 from exportable.images import encode, open_image, synthetic_image
 from exportable.recipe import Case, Option, Recipe, Source, TensorSpec
-from exportable.weights import calibrating_batchnorm, check_weights_file, load_into, load_state_dict, rows_of
+from exportable.weights import (
+    calibrating_batchnorm,
+    check_weights_file,
+    load_into,
+    load_state_dict,
+    rows_of,
+)
 
 SEED = 0  # torch.manual_seed of every seeded default model
 PIXELS = TensorSpec("image", "uint8", ("height", "width", 3), "RGB pixels, row-major, any height and width")

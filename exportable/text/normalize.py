@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import functools
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 MAX_CODE_POINT = 0x10FFFF
 _SURROGATES = range(0xD800, 0xE000)  # not encodable as UTF-8, so never in a text tensor

@@ -64,7 +64,7 @@ class TokenizerSettings:
         return self.added_tokens.get(self.unk_token, self.vocab.get(self.unk_token))
 
     @classmethod
-    def from_pretrained(cls, model_dir, max_length: int | None = None) -> "TokenizerSettings":
+    def from_pretrained(cls, model_dir, max_length: int | None = None) -> TokenizerSettings:
         """Read tokenizer.json / tokenizer_config.json / special_tokens_map.json / vocab.txt from
         `model_dir`. `max_length` defaults to the config's model_max_length. Raises ValueError,
         naming the file, for anything the graph cannot reproduce exactly."""

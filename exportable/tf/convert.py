@@ -20,8 +20,14 @@ from onnx import helper, numpy_helper
 from ..errors import CheckError, ExportError
 from ..graph import TWO_GB, custom_domains, guard_empty_batch, set_metadata
 from .deps import check_extensions_in_process, import_tf2onnx, ort_session, versions
-from .handlers import (RAGGED_OPS, erfc_handler, ragged_handler, rewrite_char_chains, rewrite_regex_patterns,
-                       wordpiece_handler)
+from .handlers import (
+    RAGGED_OPS,
+    erfc_handler,
+    ragged_handler,
+    rewrite_char_chains,
+    rewrite_regex_patterns,
+    wordpiece_handler,
+)
 from .model import SIGNATURE, signature_info
 
 CONTRIB = "ai.onnx.contrib"

@@ -12,9 +12,9 @@ The tokenizer lives inside the TF graph, as in a real TF Serving model; the weig
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
