@@ -23,7 +23,7 @@ from ._version import __version__
 from .errors import CheckError, ExportableError, InputError
 from .exporters import onnx as onnx_exporter
 from .hashing import sha256_state_dict
-from .recipe import FORMATS, Case, Recipe, Source
+from .recipe import FORMATS, Recipe, Source
 from .report import Report, Stage
 
 MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.pt"}
@@ -204,7 +204,7 @@ def _run_stages(recipe: Recipe, fmts: list[str], opset: int, folder: Path, progr
         st.detail["cases"] = len(cases)
     for fmt in fmts:
         with _stage(report, f"verify:{fmt}", progress) as st:
-            results = verify_cases(models[fmt], recipe, fmt, cases, expected)
+            results = parity.verify_cases(models[fmt], recipe, fmt, cases, expected)
             report.parity[fmt] = results
             st.status = "ok" if all(r.passed for r in results) else "failed"
     if post is not None:  # --optimize / --quantize: extra files, each parity-gated (exportable/optimize.py)
@@ -290,25 +290,6 @@ def check_model(path: Path):
     except Exception as exc:
         raise CheckError(f"{path.name} does not pass the checks: {type(exc).__name__}: "
                          f"{str(exc).splitlines()[0][:300]}") from exc
-
-
-def verify_cases(runner, recipe: Recipe, fmt: str, cases: list[Case], expected) -> list[parity.CaseResult]:
-    tol = recipe.output_tolerances()
-    results = []
-    for case in cases:
-        reason = recipe.unsupported(case, fmt)
-        if reason:
-            results.append(parity.not_applicable(case.name, reason))
-            continue
-        try:
-            actual = runner.run(recipe.feed(case, fmt))
-        except InputError:
-            raise
-        except Exception as exc:  # the artifact crashed on this case: a failure, not a traceback
-            results.append(parity.runtime_failure(case.name, exc))
-            continue
-        results.append(parity.judge(case.name, parity.compare(actual, expected[case.name], tol), tol))
-    return results
 
 
 def _write_vectors(recipe, fmts, folder, cases, expected, models) -> None:

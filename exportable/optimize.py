@@ -780,28 +780,6 @@ QUANTIZE_CHOICES = ("int8",)
 CALIBRATION_BATCHES = 8  # 256 corpus texts: the search runs the model once per step on these
 
 
-def _verify(runner, recipe, cases, expected, tolerances) -> list:
-    from . import parity
-    from .errors import InputError
-
-    unsupported = recipe.unsupported
-    results = []
-    for case in cases:
-        reason = unsupported(case, "onnx")
-        if reason:
-            results.append(parity.not_applicable(case.name, reason))
-            continue
-        try:
-            actual = runner.run(recipe.feed(case, "onnx"))
-        except InputError:
-            raise
-        except Exception as exc:
-            results.append(parity.runtime_failure(case.name, exc))
-            continue
-        results.append(parity.judge(case.name, parity.compare(actual, expected[case.name], tolerances), tolerances))
-    return results
-
-
 def _annotate(model, key: str, detail: dict) -> None:
     from . import graph
 
@@ -828,7 +806,7 @@ def export_stages(recipe, folder: Path, report, cases, expected, *, quantize: st
     "onnx.optimized" / "onnx.int8", so a failure fails the export like any other format."""
     import onnx
 
-    from . import graph
+    from . import graph, parity
     from .errors import InputError
 
     base = Path(folder) / "model.onnx"
@@ -842,8 +820,8 @@ def export_stages(recipe, folder: Path, report, cases, expected, *, quantize: st
         progress(f"optimize:onnx fused {fused.detail['fused_ops']}, {fused.detail['nodes_before']} -> "
                  f"{fused.detail['nodes_after']} nodes")
     with stage("verify:onnx.optimized") as st:
-        results = _verify(_load_or_fail(Path(folder) / OPTIMIZED_FILE, threads), recipe, cases, expected,
-                          recipe.output_tolerances())
+        results = parity.verify_cases(_load_or_fail(Path(folder) / OPTIMIZED_FILE, threads), recipe, "onnx",
+                                      cases, expected)
         report.parity["onnx.optimized"] = results
         st.status = "ok" if all(r.passed for r in results) else "failed"
     if quantize is None:
@@ -859,7 +837,8 @@ def export_stages(recipe, folder: Path, report, cases, expected, *, quantize: st
         st.detail.update(json_safe(q.detail))
     with stage("verify:onnx.int8") as st:
         tolerances = int8_tolerances(recipe.output_tolerances())
-        results = _verify(_load_or_fail(Path(folder) / INT8_FILE, threads), recipe, cases, expected, tolerances)
+        results = parity.verify_cases(_load_or_fail(Path(folder) / INT8_FILE, threads), recipe, "onnx", cases,
+                                      expected, tolerances)
         report.parity["onnx.int8"] = results
         st.detail["tolerances"] = json_safe({k: t.as_dict() for k, t in tolerances.items()})
         st.status = "ok" if all(r.passed for r in results) else "failed"

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .errors import ParityError
+from .errors import InputError, ParityError
 from .recipe import Tolerance
 
 
@@ -183,3 +183,27 @@ def check(results: list[CaseResult], what: str) -> None:
             "fix the export or pass --allow-mismatch to keep the artifact anyway",
             table=format_table(results),
         )
+
+
+def verify_cases(runner, recipe, fmt: str, cases, expected: Mapping, tolerances=None) -> list[CaseResult]:
+    """The one verify loop: every model file (artifact, TorchScript, each variant) runs each case
+    through `runner.run(recipe.feed(case, fmt))` and is judged against the original's `expected`
+    outputs with `tolerances` (default: the recipe's). A case the format cannot run is N/A with
+    its reason; a crash on a case is that case's failure, not a traceback; an InputError (the
+    recipe cannot feed the case) propagates."""
+    tol = recipe.output_tolerances() if tolerances is None else tolerances
+    results = []
+    for case in cases:
+        reason = recipe.unsupported(case, fmt)
+        if reason:
+            results.append(not_applicable(case.name, reason))
+            continue
+        try:
+            actual = runner.run(recipe.feed(case, fmt))
+        except InputError:
+            raise
+        except Exception as exc:  # the model crashed on this case: a failure, not a traceback
+            results.append(runtime_failure(case.name, exc))
+            continue
+        results.append(judge(case.name, compare(actual, expected[case.name], tol), tol))
+    return results
