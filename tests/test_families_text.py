@@ -1,6 +1,7 @@
 """The text families: one table of supported encoders for every text recipe and the tokenizer
-reader, `--model` as a Hugging Face id from a cache the test builds, and a RoBERTa classifier
-(byte-level BPE tokenizer trained here) exported with `--inputs ids` against transformers."""
+reader, `--model` as a Hugging Face id from a cache the test builds, and every encoder the table
+lists (a seeded classifier of each type, tokenizers trained or bundled here) exported and checked
+against transformers."""
 
 from __future__ import annotations
 
@@ -116,37 +117,61 @@ def test_model_as_a_hub_id_from_the_local_cache(tmp_path, monkeypatch, minilm_di
     assert missing.stderr.strip().count("\n") == 0 and "not in the local Hugging Face cache" in missing.stderr
 
 
-def _tiny_roberta_classifier(folder):
-    """A seeded RoBERTa classifier and a byte-level BPE tokenizer trained here on sample text."""
-    import torch
+def _bpe_tokenizer(folder):
+    """A RoBERTa byte-level BPE tokenizer trained here on sample text (ids in: no token types)."""
     from tokenizers import ByteLevelBPETokenizer
-    from transformers import RobertaConfig, RobertaForSequenceClassification, RobertaTokenizer
+    from transformers import RobertaTokenizer
 
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(samples.sentences(300, seed=1), vocab_size=400,
                             special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
     folder.mkdir(parents=True)
     bpe.save_model(str(folder))
-    tok = RobertaTokenizer(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"), model_max_length=512)
+    return RobertaTokenizer(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"), model_max_length=512)
+
+
+def _wordpiece_tokenizer(model_type: str, minilm_dir):
+    from transformers import AutoTokenizer, DistilBertTokenizerFast
+
+    # DistilBERT's own tokenizer class: its model takes no token_type_ids.
+    cls = DistilBertTokenizerFast if model_type == "distilbert" else AutoTokenizer
+    return cls.from_pretrained(str(minilm_dir))
+
+
+def _tiny_classifier(folder, model_type: str, minilm_dir):
+    """A seeded 2-layer `model_type` sequence classifier (transformers' own class for that type)
+    and a tokenizer it can read, saved as `--model` expects."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    roberta_like = model_type in support.POSITION_OFFSET
+    tok = _bpe_tokenizer(folder) if roberta_like else _wordpiece_tokenizer(model_type, minilm_dir)
+    sizes = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64}
+    if model_type == "distilbert":
+        sizes = {"dim": 32, "n_layers": 2, "n_heads": 4, "hidden_dim": 64}
+    if model_type == "albert":
+        sizes["embedding_size"] = 16
+    config = AutoConfig.for_model(model_type, vocab_size=len(tok), num_labels=3, pad_token_id=tok.pad_token_id,
+                                  max_position_embeddings=514 if roberta_like else 512, **sizes)
     torch.manual_seed(0)
-    config = RobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                           intermediate_size=64, max_position_embeddings=514, num_labels=3,
-                           pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    model = RobertaForSequenceClassification(config).eval()
-    torch.nn.init.normal_(model.classifier.out_proj.weight, std=1.0)
+    model = AutoModelForSequenceClassification.from_config(config).eval()
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
 
 
-def test_a_roberta_classifier_exports_with_ids_inputs_and_matches_transformers(tmp_path):
-    folder = _tiny_roberta_classifier(tmp_path / "roberta")
-    result = api.export_recipe("text_classifier", out=tmp_path / "artifact", model=str(folder), inputs="ids",
-                               formats="onnx")
-    report = result.report
-    assert report.parity["onnx"] and all(r.passed for r in report.parity["onnx"])
+@pytest.mark.parametrize("model_type", support.ENCODERS)
+def test_every_listed_encoder_exports_with_ids_inputs_and_matches_transformers(model_type, tmp_path, minilm_dir):
+    """Each model type the table lists, as transformers builds it, exported with --inputs ids
+    (text inputs too where the table says the tokenizer is in the graph) and checked against
+    transformers + softmax on the validation texts, the one over max length included."""
+    folder = _tiny_classifier(tmp_path / model_type, model_type, minilm_dir)
+    modes = ("ids", "text") if model_type in support.GRAPH_TOKENIZERS else ("ids",)
+    for inputs in modes:
+        result = api.export_recipe("text_classifier", out=tmp_path / f"artifact_{inputs}", model=str(folder),
+                                   inputs=inputs, formats="onnx")
+        results = result.report.parity["onnx"]
+        assert results and all(r.passed for r in results), (model_type, inputs)
     recipe = registry.get("text_classifier")(model=str(folder), inputs="ids")
-    assert recipe.max_length == 512  # 514 positions, offset by RoBERTa's padding id + 1
-    assert [s.name for s in recipe.input_specs()] == ["input_ids", "attention_mask"]  # no token types
     longest = max(recipe.feed(case)["input_ids"].shape[1] for case in recipe.validation_cases())
-    assert longest == 512  # the truncated text reaches the last position the model embeds
+    assert longest == recipe.max_length == 512  # RoBERTa-style: 514 positions, offset by padding id + 1

@@ -2,7 +2,8 @@
 nodes: the one table that the text families, the recipes and the tokenizer reader all read.
 
 An encoder listed in ENCODERS exports with `--inputs ids` (the caller tokenizes): its wrapper
-captures through torch.export like BERT. One listed in GRAPH_TOKENIZERS also exports with
+captures through torch.export like BERT
+(tests/test_families_text.py exports a seeded classifier of every type listed). One listed in GRAPH_TOKENIZERS also exports with
 `--inputs text` (strings in), because exportable.text reproduces its tokenizer class exactly.
 """
 
