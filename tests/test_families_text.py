@@ -174,4 +174,5 @@ def test_every_listed_encoder_exports_with_ids_inputs_and_matches_transformers(m
         assert results and all(r.passed for r in results), (model_type, inputs)
     recipe = registry.get("text_classifier")(model=str(folder), inputs="ids")
     longest = max(recipe.feed(case)["input_ids"].shape[1] for case in recipe.validation_cases())
-    assert longest == recipe.max_length == 512  # RoBERTa-style: 514 positions, offset by padding id + 1
+    # the last position each model embeds: 512 (RoBERTa-style: 514 minus the padding offset of 2)
+    assert longest == recipe.max_length == 512
