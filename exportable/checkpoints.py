@@ -9,6 +9,8 @@ import os
 import re
 from pathlib import Path
 
+from huggingface_hub import snapshot_download
+
 from .errors import InputError
 
 # owner/name as the hub spells ids (a bare name is a legacy id): letters, digits, - _ . only.
@@ -44,8 +46,6 @@ def resolve_checkpoint(value: str | os.PathLike, flag: str = "--model") -> Path:
 
 
 def _cached_snapshot(repo_id: str, flag: str) -> Path:
-    from huggingface_hub import snapshot_download
-
     cache = hub_cache_dir()
     try:
         return Path(snapshot_download(repo_id, cache_dir=cache, local_files_only=True))

@@ -43,11 +43,14 @@ def _base_parser() -> argparse.ArgumentParser:
     r.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")
     r.add_argument("--allow-mismatch", action="store_true",
                    help="keep the artifact even if parity fails (the report shows the failure)")
-    # issue 10 (exportable/optimize.py): extra model files, each verified against the original
+    # extra model files (exportable.accelerate's variants), each verified against the original
     r.add_argument("--optimize", action="store_true",
                    help="also write model.optimized.onnx (fused attention/layernorm/gelu, fp32, same tolerance)")
     r.add_argument("--quantize", choices=("int8",), default=None,
                    help="also write model.int8.onnx (dynamic int8, cosine >= 0.99 per row; implies --optimize)")
+    r.add_argument("--variants", default=None,
+                   help="comma-separated accelerated variants to write beside model.onnx, each verified: "
+                        "onnx-optimized, onnx-int8, onnx-fp16 (CUDA); --optimize and --quantize are shorthands")
     r.add_argument("--threads", type=int, default=None,
                    help="ONNX Runtime threads for the optimize/quantize stages (default: the CPUs this "
                         "container may use, from its cgroup quota and affinity)")
@@ -105,12 +108,12 @@ def _recipe_help(cls) -> str:
         default = f" [default {opt.default}]" if opt.default is not None else ""
         lines.append(f"  {opt.flag:<18} {opt.help}{extra}{default}")
     lines.append("common: --format onnx,torchscript  --out DIR  --opset N  --allow-mismatch  --optimize  "
-                 "--quantize int8  --threads N")
+                 "--quantize int8  --variants NAMES  --threads N")
     return "\n".join(lines)
 
 
 def cmd_list(_args) -> int:
-    from . import registry
+    from . import registry  # noqa: PLC0415  (api loads torch; --help stays instant)
 
     for entry in registry.entries():
         if entry.cls is None:
@@ -121,8 +124,8 @@ def cmd_list(_args) -> int:
 
 
 def cmd_recipe(args, extra: list[str]) -> int:
-    from . import api, registry
-    from .parity import format_table
+    from . import api, registry  # noqa: PLC0415  (api loads torch; --help stays instant)
+    from .parity import format_table  # noqa: PLC0415  (api loads torch; --help stays instant)
 
     if args.name is None:
         if args.help:
@@ -142,7 +145,7 @@ def cmd_recipe(args, extra: list[str]) -> int:
     result = api.export_recipe(cls, out=args.out, formats=args.format,
                                opset=args.opset or api.DEFAULT_OPSET, allow_mismatch=args.allow_mismatch,
                                progress=say, optimize=args.optimize, quantize=args.quantize,
-                               threads=args.threads, **options)
+                               threads=args.threads, variants=args.variants, **options)
     for fmt, results in result.report.parity.items():
         print(format_table(results, f"{fmt} artifact vs {result.report.original}:"))
     verdict = "PASSED" if result.passed else "FAILED (kept because of --allow-mismatch)"
@@ -161,7 +164,7 @@ def _int_list(text: str, flag: str) -> list[int]:
 
 
 def cmd_bench(args, extra: list[str]) -> int:
-    from . import api, bench, registry
+    from . import api, bench, registry  # noqa: PLC0415  (api loads torch; --help stays instant)
 
     options, rest = _recipe_options(registry.resolve(args.name), extra)
     if rest:
@@ -181,8 +184,8 @@ def cmd_bench(args, extra: list[str]) -> int:
 
 
 def cmd_verify(args) -> int:
-    from . import api
-    from .parity import format_table
+    from . import api  # noqa: PLC0415  (api loads torch; --help stays instant)
+    from .parity import format_table  # noqa: PLC0415  (api loads torch; --help stays instant)
 
     formats = args.format.split(",") if args.format else None
     try:
@@ -197,7 +200,7 @@ def cmd_verify(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from .inspect import inspect_model
+    from .inspect import inspect_model  # noqa: PLC0415  (api loads torch; --help stays instant)
 
     info = inspect_model(args.model)
     if args.json:

@@ -11,6 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+import torch
+
 from .errors import InputError
 from .recipe import TensorSpec
 
@@ -21,9 +24,6 @@ def wrapper_outputs(module, feed: Mapping[str, Any], inputs: Sequence[TensorSpec
     """Run a torch module eagerly on `feed` (numpy arrays), passed in `inputs` order as the
     exporters pass them, and return its outputs as (name or None, tensor): a dict keeps its keys,
     a tensor/tuple/list has no names."""
-    import numpy as np
-    import torch
-
     args = [torch.from_numpy(np.array(feed[s.name])) for s in inputs]  # a copy: from_numpy warns on read-only
     with torch.no_grad():
         result = module(*args)
@@ -37,8 +37,6 @@ def wrapper_outputs(module, feed: Mapping[str, Any], inputs: Sequence[TensorSpec
 def check_wrapper_outputs(recipe_name: str, module, feed: Mapping[str, Any], inputs: Sequence[TensorSpec],
                           specs: Sequence[TensorSpec]) -> None:
     """A one-line InputError when the wrapper's outputs do not match `specs`."""
-    import torch
-
     if not isinstance(module, torch.nn.Module):
         return  # a TF function or a prebuilt graph: its exporter checks it
     outputs = wrapper_outputs(module, feed, inputs)

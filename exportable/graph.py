@@ -12,9 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import compose, helper, numpy_helper
 
 from .errors import ExportError
 from .recipe import TensorSpec
+from .runtime import BUILTIN_DOMAINS
 
 TWO_GB = 2**31
 
@@ -102,8 +104,6 @@ def apply_specs(model: onnx.ModelProto, inputs: Sequence[TensorSpec], outputs: S
 
 def merge_in_front(pre: onnx.ModelProto, model: onnx.ModelProto, prefix: str = "pre_") -> onnx.ModelProto:
     """Feed `pre`'s outputs into the model inputs of the same name: one graph, one file."""
-    from onnx import compose
-
     io_map = [(o.name, o.name) for o in pre.graph.output if o.name in {i.name for i in model.graph.input}]
     if not io_map:
         raise ExportError("the preprocessor graph produces none of the model's inputs; check its output names")
@@ -122,8 +122,6 @@ def merge_in_front(pre: onnx.ModelProto, model: onnx.ModelProto, prefix: str = "
 def merge_behind(model: onnx.ModelProto, post: onnx.ModelProto, prefix: str = "post_") -> onnx.ModelProto:
     """Feed model outputs into `post`'s inputs of the same name (e.g. class ids -> label strings).
     The merged graph outputs all of the model's outputs, then `post`'s: one graph, one file."""
-    from onnx import compose
-
     outputs = [o.name for o in model.graph.output]
     missing = [i.name for i in post.graph.input if i.name not in outputs]
     if missing:
@@ -155,8 +153,6 @@ def _align_opsets(*models: onnx.ModelProto) -> None:
 
 
 def custom_domains(model: onnx.ModelProto) -> list[str]:
-    from .runtime import BUILTIN_DOMAINS
-
     return sorted({o.domain for o in model.opset_import} - BUILTIN_DOMAINS)
 
 
@@ -229,9 +225,6 @@ def guard_empty_batch(model: onnx.ModelProto, prefix: str = "exportable_empty_ba
     outputs whose dim 0 is not fixed are sliced to [:0] only when the batch is empty, and their
     other dynamic dims (a sequence) too, as a real empty batch pads to width 0. Returns False
     (graph untouched) when no input has a dynamic dim 0; a guarded graph is left as it is."""
-    import numpy as np
-    from onnx import helper, numpy_helper
-
     g = model.graph
     if any(o.endswith(NONEMPTY_SUFFIX) for n in g.node for o in n.output):
         return True  # guarded already (the fp32 standard attention, then int8): once covers it all

@@ -12,13 +12,13 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import torch
+from PIL import Image, ImageDraw
 
 
 def synthetic_image(height: int, width: int, seed: int) -> np.ndarray:
     """A deterministic uint8 [height, width, 3] image that looks like content: a two-colour
     gradient, a soft texture, a few filled shapes and lines, mild sensor noise."""
-    from PIL import Image, ImageDraw
-
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width].astype(np.float64)
     angle = rng.uniform(0, np.pi)
@@ -54,8 +54,6 @@ def _draw_shapes(draw, rng, height: int, width: int) -> None:
 
 def colour_blobs(seed: int, height: int, width: int) -> np.ndarray:
     """Seeded uint8 [H, W, 3]: smooth colour blobs at three scales, like a photo's regions."""
-    import torch
-
     g = torch.Generator().manual_seed(seed)
     x = torch.zeros(3, height, width)
     for scale in (4, 16, 64):
@@ -67,8 +65,6 @@ def colour_blobs(seed: int, height: int, width: int) -> np.ndarray:
 def encode(image: np.ndarray, fmt: str, **options) -> bytes:
     """PNG or JPEG bytes of an RGB image; "JPEG-L", "PNG-L", "PNG-P", "PNG-RGBA" first convert it
     to grayscale, palette or RGBA (alpha 200). `options` go to PIL's Image.save (quality, ...)."""
-    from PIL import Image
-
     picture = Image.fromarray(image)
     fmt, _, mode = fmt.partition("-")
     if mode == "RGBA":
@@ -83,8 +79,6 @@ def encode(image: np.ndarray, fmt: str, **options) -> bytes:
 def open_image(data):
     """A PIL RGB image from uint8 [H, W, 3] pixels, or from the bytes of a file as a user opens
     one: Image.open(BytesIO(data)).convert("RGB")."""
-    from PIL import Image
-
     if isinstance(data, bytes):
         return Image.open(io.BytesIO(data)).convert("RGB")
     return Image.fromarray(data)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import onnx
+
 from . import graph
 from .errors import InputError
 
 
 def inspect_model(path: Path) -> dict:
-    import onnx
-
     path = Path(path)
     if not path.is_file():
         raise InputError(f"no file at {path}; pass a .onnx file, e.g. artifacts/sentence_bert/model.onnx")

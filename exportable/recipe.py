@@ -65,7 +65,7 @@ class Tolerance:
     def from_dict(cls, d: Mapping) -> Tolerance:
         if d.get("exact"):
             return cls(exact=True)
-        return cls(atol=d["atol"], rtol=d["rtol"], min_cosine=d.get("min_cosine"))
+        return cls(atol=float(d["atol"]), rtol=float(d["rtol"]), min_cosine=d.get("min_cosine"))
 
 
 EXACT = Tolerance(exact=True)

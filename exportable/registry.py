@@ -1,8 +1,10 @@
 """Where recipes come from, and `resolve(spec)`: a name, a recipe file, or a module.
 
 Three sources, each entry recording where it came from (`exportable list` shows it):
-- built-in: one module per recipe in the package `exportable.recipes` (the repo's `recipes/`
-  folder, installed under the exportable namespace), registered with `@register`;
+- recipe packages given to `add_source(package)`: every module in them not named `_*` is
+  imported on first use and registers its recipes with `@register`. The registry knows no
+  package of its own: `exportable/__init__.py` adds the built-in one, `exportable.recipes` (the
+  repo's `recipes/` folder, installed under the exportable namespace), with origin "built-in";
 - plugins: installed distributions that declare the entry-point group `exportable.recipes`
   (`my_model = my_pkg.recipes:MyRecipe`, or a module whose Recipe subclasses all count);
 - a file or module named on the command line (`./my_recipe.py[:Class]`, `pkg.mod:Class`),
@@ -28,8 +30,8 @@ from importlib import metadata
 from pathlib import Path
 
 from .errors import InputError, RecipeNotFound
+from .recipe import Recipe
 
-BUILTIN_PACKAGE = "exportable.recipes"
 ENTRY_POINT_GROUP = "exportable.recipes"
 
 
@@ -49,8 +51,25 @@ class RecipeClash(ValueError):
 
 _RECIPES: dict[str, Entry] = {}  # usable recipes
 _REFUSED: dict[str, Entry] = {}  # broken plugins and clashing names: listed, never exported
-_loading_origin: str | None = None  # set while built-ins / a plugin are imported
+_SOURCES: dict[str, str] = {}  # recipe package -> origin, in the order add_source() was called
+_loading_origin: str | None = None  # set while a source package / a plugin is imported
 _loaded = False
+
+
+def add_source(package: str, origin: str = "built-in") -> None:
+    """Make every module of `package` (a dotted name; modules named `_*` are skipped) a recipe
+    source, labelled `origin` in `exportable list`. Nothing is imported until the registry is
+    first asked; a source added after that is imported at once."""
+    if package in _SOURCES:
+        return
+    _SOURCES[package] = origin
+    if _loaded:
+        _load_package(package, origin)
+
+
+def sources() -> dict[str, str]:
+    """The recipe packages given to add_source(), each with its origin."""
+    return dict(_SOURCES)
 
 
 def origin_of(cls: type) -> str:
@@ -84,31 +103,40 @@ def register(cls):
     return cls
 
 
+def unregister(name: str) -> None:
+    """Forget the usable recipe called `name`, if any (a test's temporary recipe)."""
+    _RECIPES.pop(name, None)
+
+
 def recipe_classes(module) -> list[type]:
     """The Recipe subclasses with a `name` defined in `module` (not imported into it)."""
-    from .recipe import Recipe
-
     return [obj for obj in vars(module).values()
             if inspect.isclass(obj) and issubclass(obj, Recipe) and obj is not Recipe
             and obj.__module__ == module.__name__ and getattr(obj, "name", None)]
 
 
-# --- built-ins and plugins -----------------------------------------------------------------------
+# --- source packages and plugins -----------------------------------------------------------------
 def _load() -> None:
-    global _loaded, _loading_origin
+    global _loaded
     if _loaded:
         return
     _loaded = True
-    package = importlib.import_module(BUILTIN_PACKAGE)
-    for info in pkgutil.iter_modules(package.__path__):
-        if not info.name.startswith("_"):
-            _loading_origin = "built-in"
-            try:
-                importlib.import_module(f"{BUILTIN_PACKAGE}.{info.name}")
-            finally:
-                _loading_origin = None
+    for package, package_origin in list(_SOURCES.items()):
+        _load_package(package, package_origin)
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
         _load_plugin(ep)
+
+
+def _load_package(name: str, package_origin: str) -> None:
+    global _loading_origin
+    package = importlib.import_module(name)
+    for info in pkgutil.iter_modules(package.__path__):
+        if not info.name.startswith("_"):
+            _loading_origin = package_origin
+            try:
+                importlib.import_module(f"{name}.{info.name}")
+            finally:
+                _loading_origin = None
 
 
 def _plugin_origin(ep) -> str:
@@ -119,8 +147,6 @@ def _plugin_origin(ep) -> str:
 
 def _load_plugin(ep) -> None:
     global _loading_origin
-    from .recipe import Recipe
-
     origin = _plugin_origin(ep)
     _loading_origin = origin
     try:
@@ -264,8 +290,6 @@ def _import_module(module_name: str):
 
 
 def _pick(module, what: str, where: str, cls_name: str | None) -> type:
-    from .recipe import Recipe
-
     found = recipe_classes(module)
     if cls_name is not None:
         obj = getattr(module, cls_name, None)

@@ -14,8 +14,12 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime as ort
+import onnxruntime_extensions
+import torch
 
-from .errors import InputError, MissingDependency
+from .errors import InputError
 
 # Operator domains ONNX Runtime implements itself; anything else needs a custom-op library.
 BUILTIN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "ai.onnx.preview.training"}
@@ -67,19 +71,10 @@ def _cgroup_quota(root: Path) -> float | None:
 
 
 def extensions_library() -> str:
-    try:
-        import onnxruntime_extensions
-    except ImportError as exc:
-        raise MissingDependency(
-            "this artifact uses onnxruntime-extensions custom ops (domain ai.onnx.contrib) but the package "
-            "is not installed; run: pip install onnxruntime-extensions==0.15.2"
-        ) from exc
     return onnxruntime_extensions.get_library_path()
 
 
 def session_options(custom_domains, threads: int | None = None):
-    import onnxruntime as ort
-
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads or available_cpus()
     so.inter_op_num_threads = 1
@@ -145,22 +140,17 @@ def validate_feed(feed: Mapping, specs: Mapping[str, tuple[str, list]]) -> dict[
 
 
 class OnnxRunner:
-    def __init__(self, path: Path, threads: int | None = None):
-        import onnx
-        import onnxruntime as ort
-
+    def __init__(self, path: Path, threads: int | None = None, providers=None):
         self.path = Path(path)
         model = onnx.load(str(self.path), load_external_data=False)
         self.metadata = {p.key: p.value for p in model.metadata_props}
         self.custom_op_domains = sorted({o.domain for o in model.opset_import} - BUILTIN_DOMAINS)
         self.session = ort.InferenceSession(str(self.path), session_options(self.custom_op_domains, threads),
-                                            providers=["CPUExecutionProvider"])
+                                            providers=list(providers or ["CPUExecutionProvider"]))
         self.input_specs = {i.name: (ORT_TYPES.get(i.type, i.type), list(i.shape)) for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import onnxruntime as ort
-
         ready = validate_feed(feed, self.input_specs)
         quiet = ort.RunOptions()
         quiet.log_severity_level = 4  # a failing run raises with the same text; don't also log it to stderr
@@ -202,8 +192,6 @@ class TorchScriptRunner:
     EXTRA = "exportable.json"
 
     def __init__(self, path: Path):
-        import torch
-
         self.path = Path(path)
         extra = {self.EXTRA: ""}
         ctx = quiet_torchscript()
@@ -217,8 +205,6 @@ class TorchScriptRunner:
         self.input_specs = {s["name"]: (s["dtype"], s["shape"]) for s in info.get("input_specs", [])}
 
     def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import torch
-
         ready = validate_feed(feed, self.input_specs) if self.input_specs else dict(feed)
         args = [torch.from_numpy(np.ascontiguousarray(ready[n])) for n in self.input_names]
         with torch.inference_mode():
@@ -241,13 +227,13 @@ def _to_numpy(value) -> np.ndarray:
     return value.numpy()
 
 
-def load(path: Path, threads: int | None = None):
-    """Load `model.onnx` or `model.pt` (by suffix)."""
+def load(path: Path, threads: int | None = None, providers=None):
+    """Load `model.onnx` (on `providers`, default the CPU) or `model.pt` (by suffix)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"no model file at {path}; pass an artifact's model.onnx or model.pt")
     if path.suffix == ".onnx":
-        return OnnxRunner(path, threads)
+        return OnnxRunner(path, threads, providers)
     if path.suffix in (".pt", ".ts"):
         return TorchScriptRunner(path)
     raise InputError(f"cannot run {path.name}: expected a .onnx or .pt file")

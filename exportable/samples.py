@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-_WORDS = (
+WORDS = (
     "model export graph runtime token sentence embedding vector parity artifact checkpoint layer "
     "attention batch padding truncation inference latency throughput server client request answer "
     "question river mountain city morning coffee library window garden engine signal market music "
@@ -18,7 +18,7 @@ def sentences(count: int, seed: int = 0, max_words: int = 60) -> list[str]:
     out = []
     for i in range(count):
         n = 1 + (i * 7919 + rng.randrange(max_words)) % max_words
-        words = [rng.choice(_WORDS) for _ in range(n)]
+        words = [rng.choice(WORDS) for _ in range(n)]
         words[0] = words[0].capitalize()
         if n > 6:
             words[n // 2] += ","
@@ -29,4 +29,4 @@ def sentences(count: int, seed: int = 0, max_words: int = 60) -> list[str]:
 def long_text(words: int, seed: int = 1) -> str:
     """A text far over a 256-token limit, to exercise truncation."""
     rng = random.Random(seed)
-    return " ".join(rng.choice(_WORDS) for _ in range(words)) + "."
+    return " ".join(rng.choice(WORDS) for _ in range(words)) + "."

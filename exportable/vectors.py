@@ -75,6 +75,9 @@ class Vectors:
     custom_op_domains: list[str]
     tolerances: dict[str, Tolerance]
     cases: list[VectorCase]
+    # accelerated variants beside the artifact (exportable.accelerate's table), each replayed on
+    # the same cases with its own tolerances: {name: {"file": ..., "tolerances": {output: Tolerance}}}
+    variants: dict[str, dict] = field(default_factory=dict)
 
 
 def dtype_name(array: np.ndarray) -> str:
@@ -135,6 +138,10 @@ def write(root: Path, vectors: Vectors) -> None:
         "tolerances": {k: t.as_dict() for k, t in vectors.tolerances.items()},
         "cases": cases,
     }
+    if vectors.variants:
+        manifest["variants"] = {name: {"file": v["file"], "tolerances": {k: _json_tolerance(t) for k, t in
+                                                                          v["tolerances"].items()}}
+                                for name, v in vectors.variants.items()}
     (root / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
@@ -156,5 +163,13 @@ def read(root: Path) -> Vectors:
         )
         for c in manifest["cases"]
     ]
+    variants = {name: {"file": v["file"], "tolerances": {k: Tolerance.from_dict(t) for k, t in v["tolerances"].items()}}
+                for name, v in manifest.get("variants", {}).items()}
     return Vectors(manifest["recipe"], manifest["models"], manifest["custom_op_domains"],
-                   {k: Tolerance.from_dict(v) for k, v in manifest["tolerances"].items()}, cases)
+                   {k: Tolerance.from_dict(v) for k, v in manifest["tolerances"].items()}, cases, variants)
+
+
+def _json_tolerance(tolerance: Tolerance) -> dict:
+    """A lossy variant's unbounded atol as the string "inf": Go's encoding/json (the replay
+    consumer) refuses a bare Infinity anywhere in the manifest."""
+    return {k: "inf" if isinstance(v, float) and v == float("inf") else v for k, v in tolerance.as_dict().items()}

@@ -6,18 +6,17 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+import torch
+from safetensors.torch import load_file
+
 from .errors import InputError
 
 
 def load_state_dict(path: Path) -> dict:
     """A state_dict from a .pt/.pth (torch.load with weights_only=True: no pickled code runs) or
     a .safetensors file; {"state_dict": ...} checkpoints are unwrapped. One-line InputErrors."""
-    import torch
-
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             state = load_file(str(path))
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -71,8 +70,6 @@ def calibrating_batchnorm(model):
     through it (torchvision's init leaves them at mean 0, variance 1, with which activations
     vanish or explode and the answer hardly depends on the input). Eval mode and each layer's
     momentum come back afterwards."""
-    import torch
-
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     momenta = [m.momentum for m in norms]
     for norm in norms:

@@ -10,7 +10,7 @@ a whole PNG or JPEG file) -> `probabilities` [k] float32, `class_ids` [k] int64 
 reproduced exactly: the preprocessed tensor equals torchvision's bit for bit). Decoding:
 exportable.blocks.image_io (onnxruntime-extensions' DecodeImage behind checks, because the raw op
 ends the process on bad JPEG bytes). Measurements: docs/image-preprocessing.md. Everything but the
-tolerances comes from exportable.families.vision.TorchvisionClassifier (docs/writing-a-recipe.md, Families).
+tolerances comes from exportable.families.image_classifier.TorchvisionClassifier (docs/writing-a-recipe.md, Families).
 
 Default weights: torchvision's init under torch.manual_seed(0), no hub downloads, made to behave
 like a trained classifier (calibrate_batchnorm): BatchNorm statistics from 8 seeded synthetic
@@ -33,7 +33,7 @@ changed its top-5 on 21-23 of 34 images. tests/test_image_classifier.py keeps it
 
 from __future__ import annotations
 
-from exportable.families.vision import (
+from exportable.families.image_classifier import (
     SIZES,
     TorchvisionClassifier,
     calibrate_batchnorm,

@@ -37,7 +37,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
+import torchvision.models.detection as detection
+from torchvision.transforms._presets import ObjectDetection
 
+from exportable.blocks.detection import SSDDetector, canonical_order_np
+from exportable.blocks.vision import to_float_nchw
 from exportable.families.vision import INPUTS, SEED, WEIGHTS, VisionRecipe, check_detection_options
 from exportable.images import colour_blobs, open_image
 from exportable.recipe import EXACT, Case, Option, TensorSpec, Tolerance
@@ -83,8 +88,6 @@ class ObjectDetector(VisionRecipe):
     # --- the model --------------------------------------------------------------------------
     @property
     def builder(self):
-        import torchvision.models.detection as detection
-
         return getattr(detection, self.settings["arch"])
 
     def seeded_model(self):
@@ -94,8 +97,6 @@ class ObjectDetector(VisionRecipe):
         return f"{self.settings['arch']} (seeded {SEED}, calibrated; no pretrained weights)"
 
     def model_from_weights(self, state: dict, path: Path):
-        import torch
-
         arch = self.settings["arch"]
         key, anchors = ARCHS[arch]
         classes = rows_of(state, key, path, arch) // anchors
@@ -110,11 +111,6 @@ class ObjectDetector(VisionRecipe):
         return model
 
     def build_original(self):
-        import torch
-        from torchvision.transforms._presets import ObjectDetection
-
-        from exportable.blocks.detection import canonical_order_np
-
         model, preset = self.model, ObjectDetection()
 
         def detect(case: Case) -> dict[str, np.ndarray]:
@@ -127,8 +123,6 @@ class ObjectDetector(VisionRecipe):
         return detect
 
     def build_wrapper(self, fmt: str = "onnx"):
-        from exportable.blocks.detection import SSDDetector
-
         m = self.model
         return SSDDetector(m, m.score_thresh, m.nms_thresh, m.topk_candidates, m.detections_per_img).eval()
 
@@ -180,8 +174,6 @@ class ObjectDetector(VisionRecipe):
 # --- weights -----------------------------------------------------------------------------------
 def seeded_model(builder):
     """torchvision's init under SEED, calibrated to score like a trained detector (module doc)."""
-    import torch
-
     torch.manual_seed(SEED)
     model = builder(weights=None, weights_backbone=None)
     with calibrating_batchnorm(model), torch.no_grad():
@@ -217,8 +209,4 @@ def _background_lift(logits, max_score: float) -> float:
 
 def _to_float(image: np.ndarray):
     """uint8 [H, W, 3] -> float32 [1, 3, H, W] in [0, 1], as the ObjectDetection preset scales."""
-    import torch
-
-    from exportable.blocks.vision import to_float_nchw
-
     return to_float_nchw(torch.from_numpy(image))

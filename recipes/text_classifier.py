@@ -14,6 +14,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import torch
+
 from exportable import samples
 from exportable.families.text_classifier import (
     GUARD,
@@ -57,8 +59,6 @@ class TextClassifier(SequenceClassifierFamily):
         return f"{self.default_model_name} + {self.head}-label topic head trained at export on recipes/data/{DATA.name}"
 
     def fit_default_head(self, model) -> dict:
-        import torch
-
         rows = load_topics()
         if self.head == "single":  # softmax over one topic: train and score on single-topic sentences
             rows = [r for r in rows if len(r[0]) == 1]

@@ -22,6 +22,7 @@ from exportable.hashing import sha256_files
 from exportable.recipe import EXACT, Case, Option, Recipe, Source, TensorSpec, Tolerance
 from exportable.registry import register
 from exportable.textinput import bundled_model_dir, corpus_cases
+from exportable.tf import build_default_savedmodel, run_savedmodel, signature_info
 
 TF_DTYPES = {"float32": "float32", "float64": "float64", "int64": "int64", "int32": "int32", "bool": "bool",
              "string": "string"}
@@ -50,8 +51,6 @@ class TfTextEncoder(Recipe):
         given = self.option_path("saved_model")
         if given is not None:
             return given
-        from exportable.tf import build_default_savedmodel
-
         self._workdir = tempfile.TemporaryDirectory(prefix="exportable-tf-")  # lives as long as the recipe
         folder = Path(self._workdir.name) / "default_text_encoder"
         build_default_savedmodel(folder, bundled_model_dir() / "vocab.txt", seed=0)
@@ -59,8 +58,6 @@ class TfTextEncoder(Recipe):
 
     @cached_property
     def signature(self):
-        from exportable.tf import signature_info
-
         return signature_info(self.saved_model_dir)
 
     # --- specs ---------------------------------------------------------------------------------
@@ -91,8 +88,6 @@ class TfTextEncoder(Recipe):
 
     # --- build ---------------------------------------------------------------------------------
     def build_original(self):
-        from exportable.tf import run_savedmodel
-
         folder, names = self.saved_model_dir, [s.name for s in self.output_specs()]
 
         def run(case: Case) -> dict[str, np.ndarray]:

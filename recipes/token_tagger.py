@@ -10,6 +10,9 @@ a validation path is 5e-4, the largest emission difference ONNX vs eager 2e-5.
 
 from __future__ import annotations
 
+import torch
+
+from exportable.blocks.crf import CRF
 from exportable.families.token_tagger import TokenTaggerFamily, tagger_options
 from exportable.recipe import Case
 from exportable.registry import register
@@ -32,16 +35,12 @@ class TokenTagger(TokenTaggerFamily):
         return f"{self.default_model_name} + seeded {len(TAGS)}-tag head and CRF (seed {SEED})"
 
     def make_default_head(self, model) -> None:
-        import torch
-
         head, gen = model.classifier, torch.Generator().manual_seed(SEED)
         with torch.no_grad():  # the same head on every run
             head.weight.copy_(torch.randn(head.weight.shape, generator=gen) * HEAD_STD)
             head.bias.copy_(torch.randn(head.bias.shape, generator=gen) * 0.5)
 
     def default_crf(self):
-        from exportable.blocks.crf import CRF
-
         return CRF.seeded(len(TAGS), seed=SEED + 1)
 
     def example_case(self) -> Case:

@@ -14,7 +14,11 @@ torchvision.ops.batched_nms, per image. Both see the same floats, so parity is e
 from __future__ import annotations
 
 import numpy as np
+import torch
+import torchvision
 
+from exportable.blocks.detection import YoloNMS as Block  # the recipe below is called YoloNMS too
+from exportable.blocks.detection import canonical_order_np
 from exportable.errors import InputError
 from exportable.hashing import sha256_files
 from exportable.recipe import EXACT, Case, Option, Recipe, Source, TensorSpec
@@ -52,11 +56,6 @@ class YoloNMS(Recipe):
 
     # --- the original pipeline ------------------------------------------------------------
     def build_original(self):
-        import torch
-        import torchvision
-
-        from exportable.blocks.detection import canonical_order_np
-
         s = self.settings
 
         def run(case: Case) -> dict[str, np.ndarray]:
@@ -78,8 +77,6 @@ class YoloNMS(Recipe):
 
     # --- the wrapper ------------------------------------------------------------------------
     def build_wrapper(self, fmt: str = "onnx"):
-        from exportable.blocks.detection import YoloNMS as Block
-
         s = self.settings
         return Block(self.num_classes, s["score_threshold"], s["iou_threshold"], s["max_det"]).eval()
 

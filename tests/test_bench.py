@@ -10,7 +10,7 @@ import pytest
 from conftest import run_cli
 from exportable import bench
 
-VARIANTS = {"original", "torchscript", "onnx", "onnx-optimized", "onnx-int8", "onnx-ids-optimized"}
+VARIANTS = {"original", "torchscript", "onnx", "onnx-optimized", "onnx-int8", "onnx-int8-static", "onnx-ids-optimized"}
 
 
 @pytest.fixture(scope="module")
@@ -98,10 +98,10 @@ def test_the_gpu_original_is_the_same_pipeline_on_another_device_and_says_why_it
     np.testing.assert_array_equal(moved, recipe.build_original()(case)["sentence_embedding"])
     assert next(recipe.st.parameters()).device.type == "cpu"  # a copy moved, not the original
 
-    gpu, why = bench._original_on_gpu(recipe)
+    gpu, why = bench.original_on_gpu(recipe)
     if gpu is None:  # no CUDA here: the bench table says so next to the original
         assert "sees no CUDA device" in why or "not installed" in why
-    assert bench._original_on_gpu(YoloNMS()) == (None, "yolo_nms has no original_on(device)")
+    assert bench.original_on_gpu(YoloNMS()) == (None, "yolo_nms has no original_on(device)")
 
 
 def test_cuda_request_falls_back_to_cpu_with_one_line(quick):

@@ -118,7 +118,7 @@ class _MismatchDemo(Recipe):
 def mismatch_recipe():
     registry.register(_MismatchDemo)
     yield
-    registry._RECIPES.pop(_MismatchDemo.name)
+    registry.unregister(_MismatchDemo.name)
 
 
 def test_parity_failure_exits_1_with_the_table_and_writes_nothing(mismatch_recipe, tmp_path, capsys):

@@ -8,7 +8,7 @@ import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from exportable import half
+from exportable.accelerate import fp16 as half
 
 
 def _model(nodes, inputs, outputs, inits):

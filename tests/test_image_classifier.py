@@ -146,9 +146,9 @@ def test_class_ids_are_compared_only_where_the_ranking_is_decided():
     swap two ids, and an exact id check would be a coin flip."""
     recipe = ic.ImageClassifier()
     tol = recipe.tolerances()["probabilities"]
-    recipe._rankings["tie"] = (np.array([0.30, 0.30 - 1.5 * tol.atol, 0.1, 0.05, 0.02, 0.01], np.float32), None)
-    recipe._rankings["clear"] = (np.array([0.30, 0.2, 0.1, 0.05, 0.02, 0.01], np.float32), None)
-    recipe._rankings["boundary"] = (np.array([0.30, 0.2, 0.1, 0.05, 0.0101, 0.0101], np.float32), None)
+    recipe.rankings["tie"] = (np.array([0.30, 0.30 - 1.5 * tol.atol, 0.1, 0.05, 0.02, 0.01], np.float32), None)
+    recipe.rankings["clear"] = (np.array([0.30, 0.2, 0.1, 0.05, 0.02, 0.01], np.float32), None)
+    recipe.rankings["boundary"] = (np.array([0.30, 0.2, 0.1, 0.05, 0.0101, 0.0101], np.float32), None)
     assert not recipe.decided(ic.Case("tie", None))
     assert recipe.decided(ic.Case("clear", None))
     assert not recipe.decided(ic.Case("boundary", None))  # the k-th place against the (k+1)-th

@@ -21,7 +21,7 @@ def test_duplicate_name_raises():
         with pytest.raises(ValueError, match="registered twice"):
             registry.register(Two)
     finally:
-        registry._RECIPES.pop("dup_demo")
+        registry.unregister("dup_demo")
 
 
 def test_unknown_name_suggests_close_matches():

@@ -337,8 +337,8 @@ def test_missing_folder_is_refused_as_an_input_error(tmp_path):
 def _char_table_runner(table):
     from onnx import TensorProto, helper
 
+    from exportable.onnx_builder import GraphBuilder
     from exportable.text.char_graph import apply_char_table
-    from exportable.text.graph_builder import GraphBuilder
 
     b = GraphBuilder(17)
     out = apply_char_table(b, "text", table)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 PAD_TAG = -1
@@ -59,15 +60,11 @@ class CRF(nn.Module):
 
     # --- weights: one safetensors file with the three KEYS ---------------------------------------
     def save(self, path: str | Path) -> None:
-        from safetensors.torch import save_file
-
         save_file({k: getattr(self, k).detach().contiguous() for k in KEYS}, str(path))
 
     @classmethod
     def load(cls, path: str | Path) -> "CRF":
         """Raise ValueError naming what is wrong (missing key, bad shape)."""
-        from safetensors.torch import load_file
-
         state = load_file(str(path))
         missing = [k for k in KEYS if k not in state]
         if missing:

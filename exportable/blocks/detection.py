@@ -30,7 +30,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torchvision
+from onnxscript import opset18 as op
 from torch import Tensor, nn
+from torchvision.models.detection.image_list import ImageList
+from torchvision.ops.boxes import clip_boxes_to_image
 
 # torchvision.ops.batched_nms switches from per-class NMS to the coordinate trick at this many
 # box values (boxes.numel()) on CPU; see torchvision/ops/boxes.py.
@@ -44,8 +48,6 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, score_threshold: fl
     score > score_threshold take part; a box is dropped when its IoU with a kept box of the same
     batch and class is > iou_threshold. Returns [K, 3] int64 (batch, class, box), by batch, class,
     then decreasing score. Pass distinct scores: ONNX leaves the order among equal scores open."""
-    import torchvision
-
     selected = [boxes.new_zeros((0, 3), dtype=torch.int64)]
     for b in range(scores.shape[0]):
         for c in range(scores.shape[1]):
@@ -70,8 +72,6 @@ def float32_below(value: float) -> float:
 
 
 def _nms_onnx(boxes, scores, iou_threshold: float, score_threshold: float):
-    from onnxscript import opset18 as op
-
     max_per_class = op.Constant(value_int=2**63 - 1)
     return op.NonMaxSuppression(boxes, scores, max_per_class, op.Constant(value_float=float32_below(iou_threshold)),
                                 op.Constant(value_float=float32_below(score_threshold)))
@@ -80,8 +80,6 @@ def _nms_onnx(boxes, scores, iou_threshold: float, score_threshold: float):
 def _stable_sort_onnx(self, stable: bool = True, dim: int = -1, descending: bool = False):
     # ONNX TopK returns equal values lower index first (the spec's tie rule), so a TopK over the
     # whole axis is the stable sort; torchlib has no translation for aten.sort.stable.
-    from onnxscript import opset18 as op
-
     size = op.Shape(self, start=dim) if dim == -1 else op.Shape(self, start=dim, end=dim + 1)
     return op.TopK(self, size, axis=dim, largest=descending, sorted=True)
 
@@ -230,9 +228,6 @@ class SSDDetector(nn.Module):
     def __init__(self, model: nn.Module, score_threshold: float, iou_threshold: float, topk_candidates: int,
                  detections_per_img: int):
         super().__init__()
-        from torchvision.models.detection.image_list import ImageList
-        from torchvision.ops.boxes import clip_boxes_to_image
-
         transform = model.transform
         if transform.fixed_size is None:
             raise ValueError("SSDDetector needs an SSD with a fixed input size (transform.fixed_size)")

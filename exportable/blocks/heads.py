@@ -14,7 +14,10 @@ from __future__ import annotations
 
 from typing import List, Sequence, Tuple
 
+import numpy as np
+import onnx
 import torch
+from onnx import helper, numpy_helper
 from torch import Tensor, nn
 
 
@@ -67,10 +70,6 @@ class WithLabels(nn.Module):
 def label_lookup_graph(labels: Sequence[str], opset: int, ids: str = "class_ids", out: str = "labels"):
     """An ONNX model [k] int64 `ids` -> [k] string `out`: Gather on the label strings. Ids outside
     0..len(labels)-1 make ONNX Runtime raise (Gather checks its indices), never read past the end."""
-    import numpy as np
-    import onnx
-    from onnx import helper, numpy_helper
-
     table = numpy_helper.from_array(np.array(list(labels), dtype=object), "label_table")
     node = helper.make_node("Gather", ["label_table", ids], [out], name="label_lookup", axis=0)
     graph = helper.make_graph([node], "label_lookup", [helper.make_tensor_value_info(ids, onnx.TensorProto.INT64, ["k"])],

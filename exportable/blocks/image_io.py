@@ -38,16 +38,16 @@ ai.onnx.contrib; 0.15.2). What it does, measured:
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-EXTENSIONS_IMAGE_DOMAIN = "com.microsoft.extensions"  # where onnxruntime-extensions registers DecodeImage
+from ..onnx_builder import EXTENSIONS, GraphBuilder, Names
+
 MAX_SIDE = 16384  # pixels a side: libjpeg's own limit is 65500; newer DecodeImage builds refuse > 16384
 MAX_PIXELS = 2 * 89_478_485  # PIL raises DecompressionBombError above twice its MAX_IMAGE_PIXELS
 INPUT_ERROR = "input error: "  # node-name prefix exportable.runtime reports as the user's mistake
+IMAGE_TYPE = [(TensorProto.UINT8, 3)]  # DecodeImage gives [H, W, channels]; onnx cannot infer a custom op
 
 # Why an encoded image is refused, by code (0: accepted). The text becomes the error message.
 REASONS = {
@@ -109,19 +109,18 @@ class _V:
 
 
 class _Graph:
-    """Nodes of one graph or subgraph. Names: prefix + hint + a counter shared with subgraphs, so
-    the same build gives the same bytes (no global state)."""
+    """Nodes of one graph or subgraph, on a GraphBuilder whose names (prefix + hint + a counter)
+    and domains its subgraphs share, so the same build gives the same bytes (no global state)."""
 
-    def __init__(self, prefix: str, counter: list | None = None):
-        self.prefix, self.counter, self.nodes = prefix, counter if counter is not None else [0], []
+    def __init__(self, core: GraphBuilder):
+        self.core = core
         self._consts: dict = {}  # one Constant node per distinct value in this graph
 
     def child(self) -> "_Graph":
-        return _Graph(self.prefix, self.counter)
+        return _Graph(self.core.child())
 
     def fresh(self, hint: str) -> str:
-        self.counter[0] += 1
-        return f"{self.prefix}{hint}_{self.counter[0]}"
+        return self.core.names.fresh(hint)
 
     def lift(self, x) -> _V:
         if isinstance(x, _V):
@@ -136,17 +135,14 @@ class _Graph:
         value = np.asarray(value)
         key = (value.dtype.str, value.shape, value.tobytes())
         if key not in self._consts:
-            name = self.fresh("const")
-            self.nodes.append(helper.make_node("Constant", [], [name], name=name,
-                                               value=onnx.numpy_helper.from_array(value, name)))
-            self._consts[key] = _V(self, name)
+            self._consts[key] = _V(self, self.core.constant(self.fresh("const"), value))
         return self._consts[key]
 
     def op(self, op_type: str, *inputs, outputs: int = 1, name: str | None = None, domain: str = "",
-           out: str | None = None, **attrs):
+           out: str | None = None, types=None, **attrs):
         ins = [self.lift(i).name if i is not None else "" for i in inputs]
         outs = [out] if out else [self.fresh(op_type.lower()) for _ in range(outputs)]
-        self.nodes.append(helper.make_node(op_type, ins, outs, name=name or outs[0], domain=domain, **attrs))
+        self.core.op(op_type, ins, outs, domain=domain, types=types, name=name, **attrs)
         vals = [_V(self, o) for o in outs]
         return vals[0] if outputs == 1 else vals
 
@@ -154,17 +150,15 @@ class _Graph:
         return self.op("Where", cond, a, b)
 
     def graph(self, name: str, inputs, outputs) -> onnx.GraphProto:
-        return helper.make_graph(self.nodes, name, inputs, outputs)
+        return self.core.graph(name, inputs, outputs)
 
 
 def _value(name: str, elem: int, shape) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, elem, shape)
 
 
-def _model(g: _Graph, name: str, inputs, outputs, opset: int, doc: str, domains: Sequence[str] = ()) -> onnx.ModelProto:
-    opsets = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, 1) for d in domains]
-    model = helper.make_model(g.graph(name, inputs, outputs), opset_imports=opsets, doc_string=doc,
-                              ir_version=helper.find_min_ir_version_for(opsets, ignore_unknown=True))
+def _model(g: _Graph, name: str, inputs, outputs, doc: str) -> onnx.ModelProto:
+    model = g.core.model(name, inputs, outputs, doc_string=doc)
     onnx.checker.check_model(model)
     return model
 
@@ -432,7 +426,7 @@ def _jpeg_checks(g: _Graph, b: _V, bp: _V, at, n: _V, is_jpeg: _V):
 def decode_image_graph(opset: int, input_name: str = "image_bytes", output_name: str = "image") -> onnx.ModelProto:
     """image_bytes uint8 [n] (a PNG or JPEG file) -> image uint8 [height, width, 3] RGB, as
     PIL.Image.open(...).convert("RGB") (see the module doc for where the decoders differ)."""
-    g = _Graph("decode_")
+    g = _Graph(GraphBuilder(opset, Names("decode_")))
     data = _V(g, input_name)
     b = g.op("Cast", data, to=TensorProto.INT64)
     n = g.op("Squeeze", g.op("Shape", b), g.lift(np.array([0])))
@@ -456,11 +450,11 @@ def decode_image_graph(opset: int, input_name: str = "image_bytes", output_name:
                   (is_jpeg & jpeg_corrupt, 6))
 
     ok = g.child()
-    decoded = ok.op("DecodeImage", data, domain=EXTENSIONS_IMAGE_DOMAIN, color_space="rgb",
+    decoded = ok.op("DecodeImage", data, domain=EXTENSIONS, types=IMAGE_TYPE, color_space="rgb",
                     name=INPUT_ERROR + "image_bytes could not be decoded as a PNG or JPEG; pass an intact file")
     # Which channel order did this runtime's DecodeImage produce? Builds before color_space
     # existed ignore it and give BGR. Decode a 1 x 1 red PNG the same way and look.
-    probe = ok.op("DecodeImage", np.frombuffer(RED_PIXEL_PNG, np.uint8), domain=EXTENSIONS_IMAGE_DOMAIN,
+    probe = ok.op("DecodeImage", np.frombuffer(RED_PIXEL_PNG, np.uint8), domain=EXTENSIONS, types=IMAGE_TYPE,
                   color_space="rgb")
     red_first = ok.op("Gather", ok.op("Reshape", probe, np.array([-1])), 0, axis=0).int() == 255
     order = ok.where(red_first, np.array([0, 1, 2]), np.array([2, 1, 0]))
@@ -471,15 +465,14 @@ def decode_image_graph(opset: int, input_name: str = "image_bytes", output_name:
     ok_graph = ok.graph("decoded", [], [_value(rgb.name, TensorProto.UINT8, None)])
     g.op("If", reason == 0, then_branch=ok_graph, else_branch=_error_graph(g, reason, REASONS), out=output_name)
     return _model(g, "decode_image", [_value(input_name, TensorProto.UINT8, ["image_bytes"])],
-                  [_value(output_name, TensorProto.UINT8, ["height", "width", 3])], opset,
-                  "PNG/JPEG bytes -> uint8 RGB [height, width, 3] (onnxruntime-extensions DecodeImage, guarded)",
-                  domains=(EXTENSIONS_IMAGE_DOMAIN,))
+                  [_value(output_name, TensorProto.UINT8, ["height", "width", 3])],
+                  "PNG/JPEG bytes -> uint8 RGB [height, width, 3] (onnxruntime-extensions DecodeImage, guarded)")
 
 
 def pixel_guard_graph(opset: int, input_name: str = "image", output_name: str = "checked_image") -> onnx.ModelProto:
     """image uint8 [height, width, 3] -> the same image; an empty one raises "input error: ..."
     (the resize would divide by a zero size: no crash, but no meaningful answer either)."""
-    g = _Graph("guard_")
+    g = _Graph(GraphBuilder(opset, Names("guard_")))
     image = _V(g, input_name)
     shape = g.op("Shape", image)
     rows, cols = (g.op("Gather", shape, i, axis=0) for i in (0, 1))
@@ -489,4 +482,4 @@ def pixel_guard_graph(opset: int, input_name: str = "image", output_name: str = 
     ok_graph = ok.graph("accepted", [], [_value(accepted.name, TensorProto.UINT8, None)])
     g.op("If", reason == 0, then_branch=ok_graph, else_branch=_raise_graph(g, reason, EMPTY_IMAGE), out=output_name)
     return _model(g, "pixel_guard", [_value(input_name, TensorProto.UINT8, ["height", "width", 3])],
-                  [_value(output_name, TensorProto.UINT8, ["height", "width", 3])], opset, "rejects an empty image")
+                  [_value(output_name, TensorProto.UINT8, ["height", "width", 3])], "rejects an empty image")

@@ -32,7 +32,9 @@ from __future__ import annotations
 
 from typing import Sequence, Tuple
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor, nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -192,9 +194,6 @@ def installed_pillow_pass_order() -> bool:
     """The `pillow_pass_order` the installed Pillow follows, measured rather than guessed from its
     version: a small image whose two pass orders round differently is resized by PIL and by both
     emulations. Raises RuntimeError if neither matches (a Pillow whose resampler changed again)."""
-    import numpy as np
-    from PIL import Image
-
     y, x = np.mgrid[0:40, 0:9]
     base = (x * 37 + y * 11 + (x * y) % 7 * 19) % 256
     image = np.stack([base, 255 - base, (base * 3) % 256], axis=2).astype(np.uint8)

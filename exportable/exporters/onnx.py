@@ -22,7 +22,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import onnx
+import torch
 
+from .. import graph
 from ..errors import ExportError
 from ..recipe import TensorSpec
 from . import Capture, distinct_messages
@@ -31,20 +34,14 @@ MIN_OPSET = 17
 
 
 def max_opset() -> int:
-    import onnx
-
     return onnx.defs.onnx_opset_version()
 
 
 def _tensors(example: Mapping[str, np.ndarray], inputs: Sequence[TensorSpec]):
-    import torch
-
     return tuple(torch.from_numpy(np.ascontiguousarray(example[s.name])) for s in inputs)
 
 
 def _dynamo(module, args, inputs, outputs, opset):
-    import torch
-
     dynamic = tuple(
         {i: torch.export.Dim.DYNAMIC for i, d in enumerate(spec.shape) if isinstance(d, str)} for spec in inputs
     )
@@ -60,16 +57,12 @@ def _dynamo(module, args, inputs, outputs, opset):
 
 
 def _legacy(module, args, inputs, outputs, opset):
-    import torch
-
     buffer = io.BytesIO()
     axes = {s.name: {i: d for i, d in enumerate(s.shape) if isinstance(d, str)} for s in (*inputs, *outputs)}
     torch.onnx.export(
         module, args, buffer, dynamo=False, opset_version=opset, input_names=[s.name for s in inputs],
         output_names=[s.name for s in outputs], dynamic_axes=axes, do_constant_folding=True,
     )
-    import onnx
-
     return onnx.load_model_from_string(buffer.getvalue())
 
 
@@ -84,8 +77,6 @@ STRATEGIES = {"dynamo": _dynamo, "legacy": _legacy}
 
 
 def strategies_for(module) -> tuple[str, ...]:
-    import torch
-
     if isinstance(module, torch.jit.ScriptModule):
         return ("legacy",)
     return ("dynamo", "legacy")
@@ -96,8 +87,6 @@ def export(module, example, inputs: Sequence[TensorSpec], outputs: Sequence[Tens
     """Capture `module` to an in-memory ONNX model with the public names and dims applied.
 
     Saving is done by the caller after assembly (merging a preprocessor, metadata)."""
-    from .. import graph
-
     args = _tensors(example, inputs)
     tried: dict[str, str] = {}
     for name in strategies_for(module):

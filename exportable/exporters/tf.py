@@ -9,15 +9,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from .. import graph
 from ..recipe import TensorSpec
+from ..tf import convert_savedmodel
 from . import Capture
 
 
 def export(module, example, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], path: Path,
            opset: int = 18) -> Capture:
-    from .. import graph
-    from ..tf import convert_savedmodel
-
     model = convert_savedmodel(Path(module), opset=opset)
     by_name = {o.name: i for i, o in enumerate(model.graph.output)}
     # Keep the recipe's output order (the signature's dict order may differ).

@@ -13,18 +13,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..errors import ExportError
 from ..recipe import TensorSpec
+from ..runtime import TorchScriptRunner
 from . import Capture, distinct_messages
 
 
 def export(module, example, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], path: Path,
            **_options) -> Capture:
-    import torch
-
-    from ..runtime import TorchScriptRunner
-
     args = tuple(torch.from_numpy(np.ascontiguousarray(example[s.name])) for s in inputs)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -14,14 +14,19 @@ exportable.families.token_tagger. See docs/writing-a-recipe.md, Families.
 
 from __future__ import annotations
 
+import copy
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
+from sentence_transformers import SentenceTransformer
 
+from exportable.blocks.text_encoder import SentenceEncoder
 from exportable.checkpoints import resolve_checkpoint
 from exportable.errors import InputError
 from exportable.hashing import sha256_files, sha256_state_dict, weight_files
@@ -129,8 +134,6 @@ class TextFamily(TextInputs, Recipe):
 
     @staticmethod
     def run_model(model, ids: Mapping[str, np.ndarray]):
-        import torch
-
         with torch.no_grad():
             return model(**{k: torch.from_numpy(v) for k, v in ids.items()})
 
@@ -192,10 +195,6 @@ class SentenceEncoderFamily(TextFamily):
 
     @cached_property
     def st(self):
-        import logging
-
-        from sentence_transformers import SentenceTransformer
-
         logging.getLogger("sentence_transformers").setLevel(logging.ERROR)
         try:
             model = SentenceTransformer(str(self.model_dir), device="cpu", local_files_only=True)
@@ -244,8 +243,6 @@ class SentenceEncoderFamily(TextFamily):
     def original_on(self, device: str):
         """The same pipeline on another torch device: `bench --device cuda` times the artifact
         against eager PyTorch on the GPU. A copy moves, so the CPU original stays where it is."""
-        import copy
-
         return self._encode_with(copy.deepcopy(self.st).to(device))
 
     def _encode_with(self, model):
@@ -260,8 +257,6 @@ class SentenceEncoderFamily(TextFamily):
         return encode
 
     def build_wrapper(self, fmt: str = "onnx"):
-        from exportable.blocks.text_encoder import SentenceEncoder
-
         normalize = any(type(m).__name__ == "Normalize" for m in self.st)
         return SentenceEncoder(self.st[0].model, self.pooling_mode(self.st), normalize).eval()
 

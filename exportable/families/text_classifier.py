@@ -32,7 +32,14 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+import torch
+from transformers import AutoModelForSequenceClassification
 
+from exportable.blocks.decision import (
+    MultiLabelDecision,
+    SequenceClassifierDecision,
+    SingleLabelDecision,
+)
 from exportable.errors import InputError
 from exportable.recipe import EXACT, Case, Option, TensorSpec, Tolerance
 
@@ -149,8 +156,6 @@ class SequenceClassifierFamily(TextFamily):
     @cached_property
     def classifier(self):
         """The transformers sequence classifier (eval mode); the default's head made here."""
-        from transformers import AutoModelForSequenceClassification
-
         problem = {"single": "single_label_classification", "multi": "multi_label_classification"}[self.head]
         extra = {"problem_type": problem}
         if not self.custom:
@@ -187,12 +192,6 @@ class SequenceClassifierFamily(TextFamily):
 
     # --- the wrapper ------------------------------------------------------------------------
     def build_wrapper(self, fmt: str = "onnx"):
-        from exportable.blocks.decision import (
-            MultiLabelDecision,
-            SequenceClassifierDecision,
-            SingleLabelDecision,
-        )
-
         head = SingleLabelDecision() if self.head == "single" else MultiLabelDecision(self.thresholds)
         return SequenceClassifierDecision(self.classifier, head).eval()
 
@@ -263,8 +262,6 @@ def train_linear_head(model, features, targets, held_out: Sequence[bool], single
     into model.classifier (the Linear a BERT classifier applies to its pooler output), so the
     original stays a genuine transformers model. Zero init, full-batch Adam: deterministic.
     Returns the accuracies on the training and held-out rows."""
-    import torch
-
     test = np.asarray(held_out)
     train = torch.from_numpy(~test)
     head = model.classifier

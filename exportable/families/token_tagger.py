@@ -19,11 +19,16 @@ A subclass declares its name and options (tagger_options()), and for the model u
 from __future__ import annotations
 
 import random
+import warnings
 from functools import cached_property
 
 import numpy as np
+import torch
+from transformers import AutoModelForTokenClassification
 
 from exportable import samples
+from exportable.blocks.crf import CRF, CRF_FILE, PAD_TAG, CRFTagger
+from exportable.crf_reference import decode_batch
 from exportable.errors import InputError
 from exportable.recipe import EXACT, Case, Option, TensorSpec, Tolerance
 
@@ -57,8 +62,6 @@ class TokenTaggerFamily(TextFamily):
     @cached_property
     def classifier(self):
         """The transformers token classifier (eval mode)."""
-        from transformers import AutoModelForTokenClassification
-
         tags = [] if self.custom else self.default_tags()
         extra = {} if self.custom else {"num_labels": len(tags), "id2label": dict(enumerate(tags)),
                                         "label2id": {t: i for i, t in enumerate(tags)}}
@@ -69,8 +72,6 @@ class TokenTaggerFamily(TextFamily):
 
     @cached_property
     def crf(self):
-        from exportable.blocks.crf import CRF, CRF_FILE
-
         if not self.custom:
             return self.default_crf().eval()
         try:
@@ -89,8 +90,6 @@ class TokenTaggerFamily(TextFamily):
         return [str(id2label[i]) for i in range(len(id2label))]
 
     def build_original(self):
-        from exportable.crf_reference import decode_batch
-
         model, params = self.classifier, self.crf.numpy_params()
 
         def tag(case: Case) -> dict[str, np.ndarray]:
@@ -105,12 +104,6 @@ class TokenTaggerFamily(TextFamily):
     def build_wrapper(self, fmt: str = "onnx"):
         """Traced encoder + scripted CRF, as one ScriptModule: the Viterbi loop stays a loop, and the
         ONNX exporter takes its TorchScript path (a true `Loop`) without trying torch.export first."""
-        import warnings
-
-        import torch
-
-        from exportable.blocks.crf import CRFTagger
-
         feed = self.capture_feed(fmt)
         args = tuple(torch.from_numpy(feed[s.name]) for s in self.model_input_specs(fmt))
         with warnings.catch_warnings(), torch.no_grad():
@@ -144,8 +137,6 @@ class TokenTaggerFamily(TextFamily):
         return {**self.classifier.state_dict(), **{f"crf.{k}": v for k, v in self.crf.state_dict().items()}}
 
     def preprocessing(self) -> dict:
-        from exportable.blocks.crf import PAD_TAG
-
         return {**super().preprocessing(), "tags": self.tags, "padding_tag": PAD_TAG,
                 "decoding": "CRF Viterbi over positions where attention_mask is 1; "
                             "transitions[i, j] scores tag i followed by tag j"}

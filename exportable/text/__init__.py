@@ -22,7 +22,7 @@ Choices and limits:
 
 Modules: settings.py (read the files), normalize.py (the per-character table, probed from HF),
 bert_graph.py (the stages), wordpiece.py (WordPiece + [UNK] fix), ragged.py (ragged -> padded),
-graph_builder.py (deterministic node naming), corpus.py (seeded test corpus).
+corpus.py (seeded test corpus); nodes are built with exportable.onnx_builder (deterministic names).
 """
 
 from .bert_graph import build_tokenizer_graph

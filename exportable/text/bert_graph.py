@@ -28,8 +28,8 @@ import warnings
 import onnx
 from onnx import TensorProto, helper
 
+from ..onnx_builder import CONTRIB, ML, MS, SPLIT_TYPES, STRING, GraphBuilder
 from .char_graph import apply_char_table
-from .graph_builder import CONTRIB, ML, MS, SPLIT_TYPES, STRING, GraphBuilder
 from .normalize import CharTable, char_table, reorderable_marks
 from .ragged import pack_with_specials, split_bounds
 from .settings import TokenizerError, TokenizerSettings

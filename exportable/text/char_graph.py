@@ -13,7 +13,7 @@ regex classes, and the split feeding the table uses a coarse class of a few rang
 
 from __future__ import annotations
 
-from .graph_builder import CONTRIB, SPLIT_TYPES, STRING, GraphBuilder
+from ..onnx_builder import CONTRIB, SPLIT_TYPES, STRING, GraphBuilder
 from .normalize import MAX_CODE_POINT, CharTable, Ranges, code_point_ranges, regex_class
 from .ragged import join_rows
 from .settings import TokenizerError

@@ -25,6 +25,8 @@ import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from tokenizers import normalizers, pre_tokenizers
+
 MAX_CODE_POINT = 0x10FFFF
 _SURROGATES = range(0xD800, 0xE000)  # not encodable as UTF-8, so never in a text tensor
 _CHUNK = 4096
@@ -137,11 +139,6 @@ def code_point_ranges(cps) -> Ranges:
 def char_table(*, lowercase: bool, strip_accents: bool | None, handle_chinese_chars: bool,
                clean_text: bool) -> CharTable:
     """Probe HF's BertNormalizer + BertPreTokenizer over every code point (about 3 s, cached)."""
-    try:
-        from tokenizers import normalizers, pre_tokenizers
-    except ImportError as exc:  # pragma: no cover - tokenizers ships with transformers
-        raise ImportError("building a tokenizer graph needs the `tokenizers` package: "
-                          "pip install tokenizers==0.23.3") from exc
     normalizer = normalizers.BertNormalizer(clean_text=clean_text, handle_chinese_chars=handle_chinese_chars,
                                             strip_accents=strip_accents, lowercase=lowercase)
     cps = _code_points()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto
 
-from .graph_builder import CONTRIB, STRING, GraphBuilder
+from ..onnx_builder import CONTRIB, STRING, GraphBuilder
 
 
 def split_bounds(b: GraphBuilder, splits: str, prefix: str) -> tuple[str, str, str]:

@@ -13,7 +13,7 @@ import json
 import numpy as np
 from onnx import TensorProto, helper
 
-from .graph_builder import CONTRIB, ML, SPLIT_TYPES, GraphBuilder
+from ..onnx_builder import CONTRIB, ML, SPLIT_TYPES, GraphBuilder
 from .ragged import split_bounds
 from .settings import TokenizerSettings
 

@@ -5,21 +5,12 @@
     model = convert_savedmodel(out_dir, opset=17)                           # -> onnx.ModelProto
     run_savedmodel(out_dir, ["some text"])                                  # TF original, for parity
 
-Needs the tf extra (`pip install -e .[tf]`); importing this package does not import TensorFlow,
-calling into it does (and raises MissingDependency with the install line when it is absent).
+Needs the tf extra (`pip install -e .[tf]`); importing this package does not import TensorFlow
+(no module of it does at load), calling into it does (and raises MissingDependency with the
+install line when it is absent).
 """
 
-_EXPORTS = {
-    "build_default_savedmodel": "model", "run_savedmodel": "model", "signature_info": "model",
-    "SignatureInfo": "model", "convert_savedmodel": "convert",
-}
+from .convert import convert_savedmodel
+from .model import SignatureInfo, build_default_savedmodel, run_savedmodel, signature_info
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'exportable.tf' has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+__all__ = ["SignatureInfo", "build_default_savedmodel", "convert_savedmodel", "run_savedmodel", "signature_info"]

@@ -58,7 +58,7 @@ def _load(path: Path, signature: str, tag: str):
     """tf2onnx's SavedModel loader: unlike `from_function`, it also returns the initialized lookup
     tables, without which the vocab lookups fail ("Could not determine table shared name")."""
     import_tf2onnx()
-    from tf2onnx import tf_loader
+    from tf2onnx import tf_loader  # noqa: PLC0415  # optional extra (tf)
 
     with _quiet_tf2onnx():
         return tf_loader.from_saved_model(str(path), None, None, tag=[tag], signatures=[signature],
@@ -67,8 +67,8 @@ def _load(path: Path, signature: str, tag: str):
 
 def _convert(graph_def, inputs, outputs, tables, renames, opset: int, name: str) -> onnx.ModelProto:
     import_tf2onnx()
-    from tf2onnx import utils
-    from tf2onnx.convert import _convert_common  # what tf2onnx's own --saved-model CLI path calls
+    from tf2onnx import utils  # noqa: PLC0415  # optional extra (tf)
+    from tf2onnx.convert import _convert_common  # noqa: PLC0415  # optional extra; what tf2onnx's own --saved-model CLI path calls
 
     try:
         with _quiet_tf2onnx() as unsupported, _fast_optimizer():
@@ -102,7 +102,7 @@ def _optimizers():
     conversion of the default model) searching for a decomposition. ONNX Runtime runs Einsum
     itself (it dies with SIGFPE on a zero-size dimension, which guard_empty_batch rules out for
     the batch; its decomposition fails on one too: "cannot reshape {0,2,64,1,32} to {0,-1,32}")."""
-    from tf2onnx import optimizer
+    from tf2onnx import optimizer  # noqa: PLC0415  # optional extra (tf)
 
     return {k: v for k, v in optimizer._get_optimizers().items() if k != "einsum_optimizer"}
 
@@ -112,7 +112,7 @@ def _fast_optimizer():
     """By default tf2onnx deep-copies the whole graph before each optimizer pass, to roll back
     a pass that raises; with the vocab baked into attributes that was 5 s per conversion. A pass
     that raises now fails the conversion instead (as an ExportError)."""
-    from tf2onnx import constants
+    from tf2onnx import constants  # noqa: PLC0415  # optional extra (tf)
 
     key = constants.ENV_TF2ONNX_CATCH_ERRORS
     old = os.environ.get(key)

@@ -7,10 +7,17 @@ load; every entry point of exportable.tf calls `import_tf()` first.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
+import importlib.util
 import os
 import sys
+from importlib import metadata
 from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from onnx import TensorProto, helper
 
 from ..errors import CheckError, MissingDependency
 
@@ -30,8 +37,9 @@ def import_tf():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         with _native_stderr_silenced(quiet and not already):
-            import tensorflow as tf
-            import tensorflow_text as tft  # registers the text ops (CaseFoldUTF8, WordpieceTokenizeWithOffsets, ...)
+            # TF is the optional tf extra, imported on demand: lazy, as this module's doc says.
+            import tensorflow as tf  # noqa: PLC0415  # optional extra
+            import tensorflow_text as tft  # noqa: PLC0415  # registers the text ops (CaseFoldUTF8, WordpieceTokenizeWithOffsets, ...)
 
             if not already:
                 tf.config.list_physical_devices()  # the CUDA probe ("failed call to cuInit") happens here
@@ -65,7 +73,7 @@ def _native_stderr_silenced(active: bool):
 def import_tf2onnx():
     import_tf()
     try:
-        import tf2onnx
+        import tf2onnx  # noqa: PLC0415  # optional extra (tf), after TF
     except ImportError as exc:
         raise MissingDependency(f"converting a SavedModel needs tf2onnx; {INSTALL_HINT}") from exc
     return tf2onnx
@@ -73,8 +81,6 @@ def import_tf2onnx():
 
 def versions() -> dict[str, str]:
     """Installed versions of the TF stack, for metadata and reports."""
-    from importlib import metadata
-
     out = {}
     for name in ("tensorflow", "tensorflow-text", "tf2onnx", "onnxruntime-extensions"):
         try:
@@ -91,11 +97,9 @@ def _import_triton_before_tf() -> None:
     """torch.export / dynamo imports triton (torch ships it); imported after TensorFlow, triton's
     first import dies with SIGSEGV (measured: a dynamo export after a SavedModel conversion in the
     same process crashed in triton/knobs.py). Imported first, both work."""
-    import importlib.util
-
     if "triton" not in sys.modules and importlib.util.find_spec("triton") is not None:
         try:
-            import triton  # noqa: F401
+            import triton  # noqa: F401, PLC0415  # optional (torch's GPU stack), only when TF is about to load
         except Exception:  # a broken triton only matters to torch's GPU paths
             pass
 
@@ -110,8 +114,6 @@ def _load_extensions_before_tf() -> None:
     global _EXTENSIONS_HANDLE
     if _EXTENSIONS_HANDLE is not None or "tensorflow" in sys.modules:
         return
-    import ctypes
-
     path = extensions_library_path()
     if path is not None:
         _EXTENSIONS_HANDLE = ctypes.CDLL(path, mode=os.RTLD_NOW | os.RTLD_LOCAL)
@@ -120,8 +122,6 @@ def _load_extensions_before_tf() -> None:
 def extensions_library_path() -> str | None:
     """The ortx custom-op library, found without importing onnxruntime_extensions (whose
     __init__ imports transformers and torch: 4-10 s on this machine)."""
-    import importlib.util
-
     spec = importlib.util.find_spec("onnxruntime_extensions")
     for folder in (spec.submodule_search_locations or []) if spec else []:
         for lib in sorted(Path(folder).glob("_extensions_pydll*.so")):
@@ -132,8 +132,6 @@ def extensions_library_path() -> str | None:
 def ort_session(model_bytes: bytes):
     """An ONNX Runtime CPU session with the ortx library registered (the one this package ships;
     never a library a model file names)."""
-    import onnxruntime as ort
-
     path = extensions_library_path()
     if path is None:
         raise MissingDependency("the converted model uses onnxruntime-extensions ops; "
@@ -146,9 +144,6 @@ def ort_session(model_bytes: bytes):
 @functools.lru_cache(maxsize=1)
 def check_extensions_in_process() -> None:
     """Raise CheckError if the ortx regex ops are broken in this process (see above)."""
-    import numpy as np
-    from onnx import TensorProto, helper
-
     node = helper.make_node("StringRegexReplace", ["x", "pattern", "rewrite"], ["y"], domain="ai.onnx.contrib")
     graph = helper.make_graph(
         [node], "ortx_selftest", [helper.make_tensor_value_info("x", TensorProto.STRING, [1])],

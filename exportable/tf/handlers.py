@@ -28,20 +28,16 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from onnx import TensorProto, helper
+from onnx import helper
 
 from ..errors import ExportError
+from ..onnx_builder import CONTRIB, INT64, ML, SPLIT_TYPES, STRING
 from ..text.bert_graph import NUL_STANDIN, replace_nul
 from ..text.char_graph import apply_char_table
 from ..text.wordpiece import collapse_unknown_words
-from .builder import ML, Tf2onnxBuilder
+from .builder import Tf2onnxBuilder
 from .chartable import Step, absorbable, probe_table
 from .regex import pin_unicode_classes
-
-CONTRIB = "ai.onnx.contrib"
-STRING, INT64 = TensorProto.STRING, TensorProto.INT64
-SPLIT_TYPES = ((STRING, 1), (INT64, 1), (INT64, 1), (INT64, 1))
-
 
 # ---- per-character chains -------------------------------------------------------------------
 
@@ -154,7 +150,7 @@ def ragged_handler(op_type: str):
         the dense shape [0, INT64_MIN] fails ("Tensor shape.Size() must be >= 0"); TF gives [0, 0].
       - as a divisor, Max(width, 1): with width 0 there are no indices to divide, so any non-zero
         divisor gives the same empty result, without "Integer division by zero"."""
-    from tf2onnx.onnx_opset import tensor
+    from tf2onnx.onnx_opset import tensor  # noqa: PLC0415  # optional extra (tf)
 
     convert = getattr(tensor, op_type).version_11
 

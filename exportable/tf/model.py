@@ -106,7 +106,7 @@ def _dims(shape) -> list:
 def _text_encoder_class():
     """The tf.Module subclass, defined lazily because TF is an optional import."""
     tf, tft = import_tf()
-    import keras
+    import keras  # noqa: PLC0415  # optional extra (tf), loaded with TF
 
     # A Layer, not a Model: keras.Model adds its own single-input serving signature to the
     # SavedModel ("missing a required argument: 'mask'" on save).

@@ -20,13 +20,16 @@ the same weights from the outer graph: nothing is stored twice.
 
 from __future__ import annotations
 
-import numpy as np
+import copy
 
+import numpy as np
+from onnx import TensorProto, helper, numpy_helper
+
+from ..graph import attribute as _attr
+from ..graph import int64_constant
 from . import chunks
 from .chunks import PREFIX as CHUNKS_PREFIX
 from .chunks import unwrap
-from .graph import attribute as _attr
-from .graph import int64_constant
 
 MS_DOMAIN = "com.microsoft"
 STANDARD = ("", "ai.onnx")
@@ -224,7 +227,6 @@ def _weight_2d(name, inits) -> bool:
 
 
 def _ints(init) -> list[int]:
-    from onnx import numpy_helper
 
     return numpy_helper.to_array(init).reshape(-1).tolist()
 
@@ -280,7 +282,6 @@ def _region_outputs(graph, region):
 
 
 def _rebuild(model, region, seed, bias, keep, outputs, widths) -> None:
-    from onnx import TensorProto, helper, numpy_helper
 
     graph = model.graph
     p = PREFIX
@@ -332,9 +333,7 @@ def _packed_branch(region, seed, keep, outputs, widths, consts):
     """The region on [T, D] rows: gather the real tokens of `seed`, pad only the attention's
     inputs (per length bucket for the opset-23 op), gather its context back, and pad the region's
     outputs to [B, S, D] at the end."""
-    import copy
 
-    from onnx import TensorProto, helper
 
     p, q = PREFIX, f"{PREFIX}/packed"
     n = helper.make_node
@@ -412,8 +411,6 @@ def _bucket_nodes(keep, consts):
     the additive key mask; `k/lead` = [n_k, S_k]. And `bucket/back` [T]: each real token's row in
     the bucket contexts concatenated (long, then short). An empty bucket holds one dummy text of
     one zero row, because ORT's opset-23 kernel rejects a zero-row batch."""
-    from onnx import TensorProto, helper
-
     p, n = PREFIX, helper.make_node
     b = f"{p}/bucket"
     consts[f"{b}/masked"] = np.array(MASKED, np.float32)
@@ -485,9 +482,7 @@ def _bucket_nodes(keep, consts):
 def _bucketed_attention(clone, inputs, node, widths, consts):
     """The opset-23 attention `clone` on packed Q, K, V (`inputs`), once per length bucket; the
     contexts concatenated and gathered back to packed rows."""
-    import copy
 
-    from onnx import helper
 
     p, q, n = PREFIX, f"{PREFIX}/packed", helper.make_node
     b = f"{p}/bucket"
@@ -526,8 +521,6 @@ def _token_index_nodes(seed, keep, consts):
     """In the packed branch: `index` [T], the flat slots of the real tokens; `inverse` [B*S],
     each slot's row in [packed; one zero row] (its rank among the real tokens, or T for
     padding); `lead` = [B, S]."""
-    from onnx import TensorProto, helper
-
     p, n = PREFIX, helper.make_node
     return [
         n("Reshape", [keep, f"{p}/flat"], [f"{p}/keep"], name=f"{p}/keep"),
@@ -546,9 +539,7 @@ def _padded_branch(region, seed, outputs, initializers, consts, pack):
     """(top-level nodes, the If's else branch): the region as it was (renamed: a subgraph may not
     redefine outer names). With chunks.CHUNK_ROWS set, the region runs a few texts at a time in a
     top-level Loop (no trips when `pack` is true) and the branch concatenates its chunks."""
-    import copy
 
-    from onnx import TensorProto, helper
 
     q = f"{PREFIX}/padded"
     produced = {o for node in region for o in node.output if o}

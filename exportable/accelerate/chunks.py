@@ -13,6 +13,12 @@ runs as one chunk. Measured numbers are in docs/performance.md ("Chunks of texts
 
 from __future__ import annotations
 
+import copy
+
+from onnx import TensorProto, helper
+
+from ..graph import attribute, int64_constant
+
 # Token rows per chunk: 512 and 1,024 measured alike at 32 x 128 (paired A/B, 0.92x the
 # unchunked time), 256 only 0.98x; cutting 32 x 16 (512 rows) into 256- or 128-row chunks was
 # slower than one piece (the GEMMs re-read the weights per chunk and run on fewer rows).
@@ -31,11 +37,8 @@ def loop_over_texts(nodes, outputs, first, constants, consts, skip: str | None =
     The Loop is not put inside the If: ONNX Runtime 1.31 did not prepack the MatMul weights of a
     Loop nested in an If branch (batch 1 went from 8.2 to 12.9 ms, as slow as with
     session.disable_prepacking); a top-level Loop's body and an If branch are prepacked."""
-    from onnx import TensorProto, helper
-
     produced = {o for node in nodes for o in node.output if o}
     sliced = [first] + [i for i in _external_inputs(nodes) if i not in produced and i not in constants and i != first]
-    from .graph import int64_constant
 
     p, n = PREFIX, helper.make_node
 
@@ -97,9 +100,7 @@ def is_ours(node) -> bool:
 def unwrap(nodes):
     """`nodes` with the Loop of `loop_over_texts` replaced by copies of the nodes it runs (under
     their own names again), and its helpers (slicing, concatenating) left out."""
-    import copy
 
-    from .graph import attribute
 
     for node in nodes:
         if node.op_type == "Loop" and node.name == f"{PREFIX}/loop":

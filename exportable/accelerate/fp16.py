@@ -17,8 +17,12 @@ run), and each value crosses at most once per direction, through one Cast named 
 from __future__ import annotations
 
 import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
-from .graph import drop_unused_initializers, subgraph_reads
+from .. import graph, runtime
+from ..graph import drop_unused_initializers, subgraph_reads
 
 STANDARD_DOMAINS = ("", "ai.onnx", "com.microsoft")
 # Ops that stay fp32: index, shape and selection work, big reductions (sums lose precision in
@@ -41,9 +45,6 @@ def to_fp16(model, *, fp32_tail: bool = True):
     fp32_tail: the nodes after the last layer norm stay fp32. In sentence_bert that is the
     pooling and the normalization, whose clamp floors (1e-9, 1e-12) are below fp16's smallest
     value (6e-8), and a mean over up to 512 tokens; they cost nothing next to the encoder."""
-    import onnx
-    from onnx import helper, numpy_helper
-
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
@@ -100,11 +101,7 @@ def to_fp16(model, *, fp32_tail: bool = True):
 def value_types(model) -> dict[str, str]:
     """Every top-level value's type ('tensor(float)', ...), as ONNX Runtime infers it at load.
     onnx.shape_inference is not used: it crashed on the text-in graph (module docstring)."""
-    import onnx
-    import onnxruntime as ort
-    from onnx import helper
 
-    from . import graph, runtime
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
@@ -118,7 +115,6 @@ def value_types(model) -> dict[str, str]:
 
 
 def _is_float(name, types, inits) -> bool:
-    from onnx import TensorProto
 
     if name in inits:
         return inits[name].data_type == TensorProto.FLOAT
@@ -126,7 +122,6 @@ def _is_float(name, types, inits) -> bool:
 
 
 def _computes_in_fp16(node, types, inits) -> bool:
-    from onnx import AttributeProto
 
     if node.domain not in STANDARD_DOMAINS or node.op_type in KEEP_FP32 or node.op_type in ANY_INPUT:
         return False
@@ -173,8 +168,6 @@ def _clamped_fp16(value: np.ndarray) -> np.ndarray:
 
 def _half_attributes(node, numpy_helper) -> None:
     """Tensor attributes of an fp16 node (a Constant-like value) become fp16 as well."""
-    from onnx import AttributeProto, TensorProto
-
     for attr in node.attribute:
         if attr.type == AttributeProto.TENSOR and attr.t.data_type == TensorProto.FLOAT:
             attr.t.CopyFrom(numpy_helper.from_array(_clamped_fp16(numpy_helper.to_array(attr.t)), attr.t.name))
