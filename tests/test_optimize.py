@@ -7,7 +7,16 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from exportable import accelerate, parity, samples
-from exportable.accelerate import attention, calibrate, chunks, fp16, fusion, unpad, variants
+from exportable.accelerate import (
+    attention,
+    buckets,
+    calibrate,
+    chunks,
+    fp16,
+    fusion,
+    unpad,
+    variants,
+)
 from exportable.accelerate.int8 import fold_bias_into_dynamic_matmul, rowwise_matmul
 from exportable.bench import bench_case
 from exportable.recipe import Case
@@ -212,7 +221,7 @@ def test_unpadding_keeps_real_token_rows_and_zeroes_the_padding(keep):
     onnx.checker.check_model(model, full_check=True)
     packed = next(a.g for a in model.graph.node[[n.op_type for n in model.graph.node].index("If")].attribute
                   if a.name == "then_branch")
-    assert [n.op_type for n in packed.node].count("Attention") == len(unpad.BUCKETS)  # one per bucket
+    assert [n.op_type for n in packed.node].count("Attention") == len(buckets.BUCKETS)  # one per bucket
     assert _packs(model, feed)
     got = calibrate.cpu_session(model).run(None, feed)[0]
     np.testing.assert_allclose(got[keep], want[keep], rtol=1e-6, atol=1e-6)

@@ -26,14 +26,13 @@ import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
 from ..graph import attribute as _attr
-from ..graph import int64_constant
 from . import chunks
+from .buckets import PREFIX, bucket_nodes, bucketed_attention, int_const
 from .chunks import PREFIX as CHUNKS_PREFIX
 from .chunks import unwrap
 
 MS_DOMAIN = "com.microsoft"
 STANDARD = ("", "ai.onnx")
-PREFIX = "exportable_unpad"
 # Below this share of padding the packed branch's gathers cost more than the GEMM rows they save.
 PACK_MIN_PADDING = (1, 8)  # numerator, denominator
 ELEMENTWISE = {"Add", "Sum", "Mul", "Max"}
@@ -268,10 +267,6 @@ def _widths(region, inits) -> dict[str, int]:
     return widths
 
 
-def _const(consts, value) -> str:
-    return int64_constant(consts, PREFIX, value)
-
-
 def _region_outputs(graph, region):
     """Region tensors read outside it (the pooling's input), in a stable order."""
     inside = {id(n) for n in region}
@@ -310,7 +305,7 @@ def _rebuild(model, region, seed, bias, keep, outputs, widths) -> None:
         n("LessOrEqual", [f"{p}/lhs", f"{p}/rhs"], [f"{p}/padded_enough"], name=f"{p}/padded_enough"),
         # ...and never with no real token at all (the empty-batch guard's blank row of an ids-in
         # graph): ORT's ReduceMax/QuantizeLinear of the int8 graph fail on zero rows
-        n("Greater", [f"{p}/tokens0", _const(consts, 0)], [f"{p}/some_tokens"], name=f"{p}/some_tokens"),
+        n("Greater", [f"{p}/tokens0", int_const(consts, 0)], [f"{p}/some_tokens"], name=f"{p}/some_tokens"),
         n("And", [f"{p}/padded_enough", f"{p}/some_tokens"], [f"{p}/pack"], name=f"{p}/pack"),
     ]
     then_graph = _packed_branch(region, seed, keep, outputs, widths, consts)
@@ -340,8 +335,8 @@ def _packed_branch(region, seed, keep, outputs, widths, consts):
     rename = {seed: f"{q}/{seed}"}
     nodes = _token_index_nodes(seed, keep, consts)
     if any(node.op_type == "Attention" for node in region):
-        nodes += _bucket_nodes(keep, consts)
-    nodes += [n("Reshape", [seed, _const(consts, [-1, widths[seed]])], [f"{q}/{seed}/rows"], name=f"{q}/seed_rows"),
+        nodes += bucket_nodes(keep, consts)
+    nodes += [n("Reshape", [seed, int_const(consts, [-1, widths[seed]])], [f"{q}/{seed}/rows"], name=f"{q}/seed_rows"),
               n("Gather", [f"{q}/{seed}/rows", f"{p}/index"], [f"{q}/{seed}"], name=f"{q}/seed_gather", axis=0)]
 
     def pad(name, to, width):
@@ -351,7 +346,7 @@ def _packed_branch(region, seed, keep, outputs, widths, consts):
         nodes.extend([
             n("Pad", [name, f"{p}/pad_row"], [f"{to}/with_zero_row"], name=f"{to}/zero_row"),
             n("Gather", [f"{to}/with_zero_row", f"{p}/inverse"], [f"{to}/slots"], name=f"{to}/scatter", axis=0),
-            n("Concat", [f"{p}/lead", _const(consts, [width])], [f"{to}/shape"], name=f"{to}/shape", axis=0),
+            n("Concat", [f"{p}/lead", int_const(consts, [width])], [f"{to}/shape"], name=f"{to}/shape", axis=0),
             n("Reshape", [f"{to}/slots", f"{to}/shape"], [to], name=f"{to}/reshape"),
         ])
 
@@ -359,8 +354,8 @@ def _packed_branch(region, seed, keep, outputs, widths, consts):
         clone = copy.deepcopy(node)
         clone.name = f"{q}/{node.name or node.output[0]}"
         inputs = [rename.get(i, i) for i in node.input]
-        if node.op_type == "Attention":  # the opset-23 op: per length bucket (_bucket_nodes)
-            nodes.extend(_bucketed_attention(clone, inputs, node, widths, consts))
+        if node.op_type == "Attention":  # the opset-23 op: per length bucket (buckets.bucket_nodes)
+            nodes.extend(bucketed_attention(clone, inputs, node, widths, consts))
             rename[node.output[0]] = f"{q}/{node.output[0]}"
             continue
         if _is_attention(node):
@@ -373,7 +368,7 @@ def _packed_branch(region, seed, keep, outputs, widths, consts):
             clone.output[:] = [f"{context}/padded"]
             nodes.extend([
                 clone,
-                n("Reshape", [f"{context}/padded", _const(consts, [-1, widths[node.output[0]]])], [f"{context}/rows"],
+                n("Reshape", [f"{context}/padded", int_const(consts, [-1, widths[node.output[0]]])], [f"{context}/rows"],
                   name=f"{context}/rows"),
                 n("Gather", [f"{context}/rows", f"{p}/index"], [context], name=f"{context}/gather", axis=0),
             ])
@@ -401,122 +396,6 @@ def _packed_branch(region, seed, keep, outputs, widths, consts):
 # and thirty of <= 72, so one [32, 256, 256] score tensor per head is 7x the work of [2, 256, 256]
 # + [30, 72, 72]. Attention is per text, so which slot a token sits in does not matter, only
 # that each text's keys are its own real tokens.
-BUCKETS = ("long", "short")
-MASKED = -1e9  # additive mask of a padding key: exp() of it is exactly 0, and never -inf (no NaN)
-
-
-def _bucket_nodes(keep, consts):
-    """Once per call, for each bucket k: `k/slots` [n_k * S_k], each slot's row in [packed; zero
-    row] (text by text, its real tokens first, then the zero row); `k/mask` [n_k, 1, S_k, S_k],
-    the additive key mask; `k/lead` = [n_k, S_k]. And `bucket/back` [T]: each real token's row in
-    the bucket contexts concatenated (long, then short). An empty bucket holds one dummy text of
-    one zero row, because ORT's opset-23 kernel rejects a zero-row batch."""
-    p, n = PREFIX, helper.make_node
-    b = f"{p}/bucket"
-    consts[f"{b}/masked"] = np.array(MASKED, np.float32)
-    consts[f"{b}/open"] = np.array(0, np.float32)
-    zero, one, two = _const(consts, 0), _const(consts, 1), _const(consts, 2)
-    nodes = [
-        n("Cast", [keep], [f"{b}/keep_i"], name=f"{b}/keep_i", to=TensorProto.INT64),
-        n("ReduceSum", [f"{b}/keep_i", _const(consts, [1])], [f"{b}/lengths"], name=f"{b}/lengths", keepdims=0),
-        n("CumSum", [f"{b}/lengths", zero], [f"{b}/ends"], name=f"{b}/ends"),
-        n("Sub", [f"{b}/ends", f"{b}/lengths"], [f"{b}/starts"], name=f"{b}/starts"),  # first packed row of each text
-        n("Gather", [f"{p}/lead", one], [f"{b}/width"], name=f"{b}/width", axis=0),
-        n("Div", [f"{b}/width", two], [f"{b}/half"], name=f"{b}/half"),
-        n("Greater", [f"{b}/lengths", f"{b}/half"], [f"{b}/in_long"], name=f"{b}/in_long"),
-        n("Not", [f"{b}/in_long"], [f"{b}/in_short"], name=f"{b}/in_short"),
-        n("Squeeze", [f"{p}/tokens"], [f"{b}/t"], name=f"{b}/t"),
-    ]
-    for k in BUCKETS:
-        c = f"{b}/{k}"
-        nodes += [
-            n("NonZero", [f"{b}/in_{k}"], [f"{c}/nz"], name=f"{c}/nz"),
-            n("Reshape", [f"{c}/nz", f"{p}/flat"], [f"{c}/members"], name=f"{c}/members"),
-            n("Shape", [f"{c}/members"], [f"{c}/n"], name=f"{c}/n"),
-            n("Max", [f"{c}/n", _const(consts, [1])], [f"{c}/rows"], name=f"{c}/rows"),  # with the dummy if empty
-            n("Gather", [f"{b}/lengths", f"{c}/members"], [f"{c}/len0"], name=f"{c}/len0", axis=0),
-            n("Concat", [f"{c}/len0", _const(consts, [1])], [f"{c}/len1"], name=f"{c}/len1", axis=0),
-            n("Slice", [f"{c}/len1", _const(consts, [0]), f"{c}/rows"], [f"{c}/len"], name=f"{c}/len"),
-            n("Gather", [f"{b}/starts", f"{c}/members"], [f"{c}/start0"], name=f"{c}/start0", axis=0),
-            # the dummy's one row is the zero row, T (`tokens` is [T])
-            n("Concat", [f"{c}/start0", f"{p}/tokens"], [f"{c}/start1"], name=f"{c}/start1", axis=0),
-            n("Slice", [f"{c}/start1", _const(consts, [0]), f"{c}/rows"], [f"{c}/start"], name=f"{c}/start"),
-            n("ReduceMax", [f"{c}/len"], [f"{c}/s"], name=f"{c}/s", keepdims=0),
-            n("Range", [zero, f"{c}/s", one], [f"{c}/j"], name=f"{c}/j"),
-            n("Unsqueeze", [f"{c}/len", _const(consts, [1])], [f"{c}/len_col"], name=f"{c}/len_col"),
-            n("Unsqueeze", [f"{c}/start", _const(consts, [1])], [f"{c}/start_col"], name=f"{c}/start_col"),
-            n("Less", [f"{c}/j", f"{c}/len_col"], [f"{c}/valid"], name=f"{c}/valid"),
-            n("Add", [f"{c}/start_col", f"{c}/j"], [f"{c}/row"], name=f"{c}/row"),
-            n("Where", [f"{c}/valid", f"{c}/row", f"{b}/t"], [f"{c}/slot_grid"], name=f"{c}/slot_grid"),
-            n("Reshape", [f"{c}/slot_grid", f"{p}/flat"], [f"{c}/slots"], name=f"{c}/slots"),
-            n("Unsqueeze", [f"{c}/s", _const(consts, [0])], [f"{c}/s1"], name=f"{c}/s1"),
-            n("Concat", [f"{c}/rows", f"{c}/s1"], [f"{c}/lead"], name=f"{c}/lead", axis=0),
-            n("Where", [f"{c}/valid", f"{b}/open", f"{b}/masked"], [f"{c}/key_mask"], name=f"{c}/key_mask"),
-            n("Unsqueeze", [f"{c}/key_mask", _const(consts, [1, 2])], [f"{c}/key_mask4"], name=f"{c}/key_mask4"),
-            # ORT's kernel wants the mask's query dim spelled out ("inconsistent q_sequence_length")
-            n("Concat", [f"{c}/rows", _const(consts, [1]), f"{c}/s1", f"{c}/s1"], [f"{c}/mask_shape"],
-              name=f"{c}/mask_shape", axis=0),
-            n("Expand", [f"{c}/key_mask4", f"{c}/mask_shape"], [f"{c}/mask"], name=f"{c}/mask"),
-            # each text's first row in its bucket's layout: its rank in the bucket times S_k
-            n("Cast", [f"{b}/in_{k}"], [f"{c}/in_i"], name=f"{c}/in_i", to=TensorProto.INT64),
-            n("CumSum", [f"{c}/in_i", zero], [f"{c}/rank1"], name=f"{c}/rank1"),
-            n("Sub", [f"{c}/rank1", f"{c}/in_i"], [f"{c}/rank"], name=f"{c}/rank"),
-            n("Mul", [f"{c}/rank", f"{c}/s"], [f"{c}/first"], name=f"{c}/first"),
-            n("Mul", [f"{c}/rows", f"{c}/s"], [f"{c}/size"], name=f"{c}/size"),
-        ]
-    nodes += [
-        n("Squeeze", [f"{b}/long/size"], [f"{b}/long_size"], name=f"{b}/long_size"),
-        n("Add", [f"{b}/short/first", f"{b}/long_size"], [f"{b}/short_first"], name=f"{b}/short_first"),
-        n("Where", [f"{b}/in_long", f"{b}/long/first", f"{b}/short_first"], [f"{b}/text_first"], name=f"{b}/text_first"),
-        # a real token's text (flat slot // S) and its place among that text's real tokens
-        n("Div", [f"{p}/index", f"{b}/width"], [f"{b}/text"], name=f"{b}/text"),
-        n("Range", [zero, f"{b}/t", one], [f"{b}/packed_row"], name=f"{b}/packed_row"),
-        n("Gather", [f"{b}/starts", f"{b}/text"], [f"{b}/token_start"], name=f"{b}/token_start", axis=0),
-        n("Sub", [f"{b}/packed_row", f"{b}/token_start"], [f"{b}/place"], name=f"{b}/place"),
-        n("Gather", [f"{b}/text_first", f"{b}/text"], [f"{b}/token_first"], name=f"{b}/token_first", axis=0),
-        n("Add", [f"{b}/token_first", f"{b}/place"], [f"{b}/back"], name=f"{b}/back"),
-    ]
-    return nodes
-
-
-def _bucketed_attention(clone, inputs, node, widths, consts):
-    """The opset-23 attention `clone` on packed Q, K, V (`inputs`), once per length bucket; the
-    contexts concatenated and gathered back to packed rows."""
-
-
-    p, q, n = PREFIX, f"{PREFIX}/packed", helper.make_node
-    b = f"{p}/bucket"
-    nodes, contexts = [], []
-    for x in dict.fromkeys(inputs[:3]):  # Q, K and V may be one tensor
-        nodes.append(n("Pad", [x, f"{p}/pad_row"], [f"{x}/with_zero_row"], name=f"{x}/zero_row"))
-    for k in BUCKETS:
-        c = f"{b}/{k}"
-        padded = []
-        for j in range(3):
-            x, width = inputs[j], widths[node.input[j]]
-            to = f"{x}/{k}"
-            if to not in padded:  # constant widths: see _packed_branch's pad()
-                nodes += [
-                    n("Gather", [f"{x}/with_zero_row", f"{c}/slots"], [f"{to}/slots"], name=f"{to}/scatter", axis=0),
-                    n("Concat", [f"{c}/lead", _const(consts, [width])], [f"{to}/shape"], name=f"{to}/shape", axis=0),
-                    n("Reshape", [f"{to}/slots", f"{to}/shape"], [to], name=f"{to}/reshape"),
-                ]
-            padded.append(to)
-        context = f"{q}/{node.output[0]}/{k}"
-        attention = copy.deepcopy(clone)
-        attention.name = f"{clone.name}/{k}"
-        attention.input[:] = [*padded, f"{c}/mask"]
-        attention.output[:] = [context]
-        nodes += [attention,
-                  n("Reshape", [context, _const(consts, [-1, widths[node.output[0]]])], [f"{context}/rows"],
-                    name=f"{context}/rows")]
-        contexts.append(f"{context}/rows")
-    out = f"{q}/{node.output[0]}"
-    nodes += [n("Concat", contexts, [f"{out}/buckets"], name=f"{out}/buckets", axis=0),
-              n("Gather", [f"{out}/buckets", f"{b}/back"], [out], name=f"{out}/gather", axis=0)]
-    return nodes
-
-
 def _token_index_nodes(seed, keep, consts):
     """In the packed branch: `index` [T], the flat slots of the real tokens; `inverse` [B*S],
     each slot's row in [packed; one zero row] (its rank among the real tokens, or T for
@@ -528,8 +407,8 @@ def _token_index_nodes(seed, keep, consts):
         n("Reshape", [f"{p}/nz", f"{p}/flat"], [f"{p}/index"], name=f"{p}/index"),
         n("Shape", [f"{p}/index"], [f"{p}/tokens"], name=f"{p}/tokens"),
         n("Cast", [f"{p}/keep"], [f"{p}/keep_i"], name=f"{p}/keep_i", to=TensorProto.INT64),
-        n("CumSum", [f"{p}/keep_i", _const(consts, 0)], [f"{p}/rank1"], name=f"{p}/rank1"),
-        n("Sub", [f"{p}/rank1", _const(consts, 1)], [f"{p}/rank"], name=f"{p}/rank"),
+        n("CumSum", [f"{p}/keep_i", int_const(consts, 0)], [f"{p}/rank1"], name=f"{p}/rank1"),
+        n("Sub", [f"{p}/rank1", int_const(consts, 1)], [f"{p}/rank"], name=f"{p}/rank"),
         n("Where", [f"{p}/keep", f"{p}/rank", f"{p}/tokens"], [f"{p}/inverse"], name=f"{p}/inverse"),
         n("Shape", [seed], [f"{p}/lead"], name=f"{p}/lead", end=2),
     ]
