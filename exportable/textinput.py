@@ -17,6 +17,9 @@ from .errors import InputError
 from .recipe import Case, TensorSpec
 from .text import TokenizerSettings, build_tokenizer_graph
 from .text.corpus import tokenizer_corpus
+from .text.encode_graph import build_text_graph, text_graph_problem
+from .text.plan import NO_LIMIT, TokenizerPlan, backend_json, kind_of, plan_from_hf
+from .text.settings import TokenizerError
 from .vectors import needs_own_batch
 
 TEXT = TensorSpec("text", "string", ("batch",), "UTF-8 texts, one per row")
@@ -78,17 +81,27 @@ class TextInputs:
         return self.model_input_specs(fmt)
 
     def tokenizer_settings(self):
+        """The WordPiece tokenizer's settings, read from the model's files (bert_graph's input)."""
         return TokenizerSettings.from_pretrained(self.tokenizer_dir, max_length=self.max_length)
+
+    def tokenizer_plan(self) -> TokenizerPlan:
+        """The tokenizer as loaded, its kind decided by its own pipeline (exportable.text.plan)."""
+        return plan_from_hf(self.tokenizer, max_length=self.max_length, source=str(self.tokenizer_dir))
 
     def onnx_preprocessor(self, opset: int):
         if not self.text_mode:
             return None
-        return build_tokenizer_graph(self.tokenizer_settings(), opset=opset)
+        plan = self.tokenizer_plan()
+        if plan.kind == "wordpiece":
+            return build_tokenizer_graph(self.tokenizer_settings(), opset=opset)
+        return build_text_graph(plan, opset=opset)
 
     def text_preprocessing(self) -> dict:
         if not self.text_mode:
             return {"inputs": "ids", "max_length": self.max_length}
-        return {"inputs": "text", "tokenizer": self.tokenizer_settings().metadata()}
+        plan = self.tokenizer_plan()
+        settings = self.tokenizer_settings() if plan.kind == "wordpiece" else plan
+        return {"inputs": "text", "tokenizer": settings.metadata()}
 
     def feed(self, case: Case, fmt: str = "onnx") -> dict[str, np.ndarray]:
         texts = list(case.data)
@@ -115,6 +128,18 @@ def corpus_cases() -> list[Case]:
             cases.append(Case(f"corpus_batch{len(chunk)}_{i:04d}", chunk))
         i += size
     return cases
+
+
+def tokenizer_problem(tokenizer) -> str | None:
+    """Why `tokenizer` (a transformers tokenizer as loaded) cannot run inside the graph: one line
+    naming the tokenizer.json component, or None. WordPiece's own reader answers for WordPiece."""
+    try:
+        kind = kind_of(backend_json(tokenizer))
+    except TokenizerError as exc:
+        return str(exc).removeprefix("tokenizer.json ")
+    if kind == "wordpiece":
+        return None
+    return text_graph_problem(plan_from_hf(tokenizer, max_length=NO_LIMIT - 1))
 
 
 def load_hf_tokenizer(model_dir: Path):

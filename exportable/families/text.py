@@ -32,7 +32,13 @@ from exportable.errors import InputError
 from exportable.hashing import sha256_files, sha256_state_dict, weight_files
 from exportable.recipe import Case, Option, Recipe, Source, TensorSpec
 from exportable.text.support import encoder_problem, max_tokens
-from exportable.textinput import TextInputs, bundled_model_dir, corpus_cases, load_hf_tokenizer
+from exportable.textinput import (
+    TextInputs,
+    bundled_model_dir,
+    corpus_cases,
+    load_hf_tokenizer,
+    tokenizer_problem,
+)
 
 BUNDLED_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 INPUTS = Option("inputs", "ONNX graph inputs: raw strings (tokenizer in the graph) or token ids",
@@ -77,6 +83,8 @@ class TextFamily(TextInputs, Recipe):
             model_type = self.config.get("model_type")
             if model_type:  # an early answer; load_model checks the loaded model too
                 self.check_encoder(model_type)
+            if self.text_mode:
+                self.check_tokenizer()
 
     def check_model_folder(self, path: Path) -> None:
         for needed, how in self.model_files:
@@ -84,9 +92,16 @@ class TextFamily(TextInputs, Recipe):
                 raise InputError(f"--model {path}: no {needed}; write it with {how}")
 
     def check_encoder(self, model_type: str) -> None:
-        problem = encoder_problem(model_type, tokenizer_in_graph=self.text_mode)
+        problem = encoder_problem(model_type)
         if problem:
             raise InputError(f"--model {self.model_dir}: {problem}")
+
+    def check_tokenizer(self) -> None:
+        """Text inputs need a tokenizer the graph reproduces exactly; else say how to take ids."""
+        problem = tokenizer_problem(load_hf_tokenizer(self.model_dir))
+        if problem:
+            raise InputError(f"--model {self.model_dir}: tokenizer.json {problem}; pass --inputs ids to export "
+                             "the ids-in graph")
 
     # --- the checkpoint ------------------------------------------------------------------------
     @property

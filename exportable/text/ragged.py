@@ -6,6 +6,8 @@ the layout the onnxruntime-extensions string ops produce.
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 from onnx import TensorProto
 
@@ -88,3 +90,61 @@ def _seq_len(b: GraphBuilder, kept: str, prefix: str) -> str:
     longest = b.op("ReduceMax", [b.op("Concat", [kept, b.const(f"{prefix}/no_rows", [0])], f"{prefix}/kept0",
                                       axis=0)], f"{prefix}/longest", keepdims=0)
     return b.op("Add", [longest, b.const(f"{prefix}/specials", 2)], f"{prefix}/seq_len")
+
+
+def pack_template(b: GraphBuilder, ids: str, starts: str, lengths: str, *, max_length: int,
+                  prefix: tuple[tuple[int, int], ...], suffix: tuple[tuple[int, int], ...], pad: tuple[int, int],
+                  text_type: int, padding_side: str = "right", truncation_side: str = "right",
+                  outputs: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids"),
+                  p: str = "pack") -> list[str]:
+    """prefix + content (truncated to fit max_length) + suffix per row, padded to the longest row on
+    `padding_side`: what a HF tokenizer's post-processor, truncation and padding=True produce.
+
+    Each (id, type_id) pair is one special token. Returns the `outputs` asked for, int64
+    [batch, sequence]; an empty batch has the length of an empty text.
+    """
+    n_pre, n_suf = len(prefix), len(suffix)
+    room = max_length - n_pre - n_suf
+    kept = b.op("Min", [lengths, b.const(f"{p}/room", [room], np.int64)], f"{p}/kept")
+    if truncation_side == "left":  # keep the end of the text
+        starts = b.op("Add", [starts, b.op("Sub", [lengths, kept], f"{p}/cut")], f"{p}/starts_left")
+    total = b.op("Add", [kept, b.const(f"{p}/specials", [n_pre + n_suf], np.int64)], f"{p}/total")
+    seq_len = b.op("ReduceMax", [b.op("Concat", [total, b.const(f"{p}/empty_row", [n_pre + n_suf], np.int64)],
+                                      f"{p}/total0", axis=0)], f"{p}/seq_len", keepdims=0)
+    cols = b.op("Range", [b.const(f"{p}/start", 0), seq_len, b.const(f"{p}/step", 1)], f"{p}/cols")
+    axis1 = b.const(f"{p}/axis1", [1])
+    column = partial(_column, b, axis1, p)
+    kept2, total2, starts2 = column(kept, "kept"), column(total, "total"), column(starts, "starts")
+    c = cols if padding_side == "right" else b.op(
+        "Sub", [cols, b.op("Sub", [seq_len, total2], f"{p}/left_pad")], f"{p}/c")
+    in_row = b.op("And", [b.op("GreaterOrEqual", [c, b.const(f"{p}/zero", 0)], f"{p}/c_ge0"),
+                          b.op("Less", [c, total2], f"{p}/c_lt_total")], f"{p}/in_row")
+    content_end = b.op("Add", [kept2, b.const(f"{p}/n_pre", n_pre)], f"{p}/content_end")
+    is_pre = b.op("Less", [c, b.const(f"{p}/n_pre_c", n_pre)], f"{p}/is_pre")
+    is_content = b.op("And", [b.op("Not", [is_pre], f"{p}/not_pre"), b.op("Less", [c, content_end], f"{p}/lt_end")],
+                      f"{p}/is_content")
+    # table: prefix ids, suffix ids, pad id, then the content ids
+    pad_slot = n_pre + n_suf
+    suffix_slot = b.op("Add", [b.op("Sub", [c, content_end], f"{p}/after"), b.const(f"{p}/suf0", n_pre)],
+                       f"{p}/suffix_slot")
+    content_slot = b.op("Add", [starts2, b.op("Sub", [c, b.const(f"{p}/n_pre_s", n_pre)], f"{p}/into")],
+                        f"{p}/content_rel")
+    content_slot = b.op("Add", [content_slot, b.const(f"{p}/content0", pad_slot + 1)], f"{p}/content_slot")
+    slot = b.op("Where", [is_content, content_slot, suffix_slot], f"{p}/slot_content")
+    slot = b.op("Where", [is_pre, c, slot], f"{p}/slot_pre")
+    slot = b.op("Where", [in_row, slot, b.const(f"{p}/pad_slot", pad_slot)], f"{p}/slot")
+    fixed = [i for i, _ in prefix] + [i for i, _ in suffix] + [pad[0]]
+    table = b.op("Concat", [b.const(f"{p}/fixed_ids", fixed, np.int64), ids], f"{p}/id_table", axis=0)
+    results = {"input_ids": b.op("Gather", [table, slot], "input_ids", axis=0)}
+    if "attention_mask" in outputs:
+        results["attention_mask"] = b.op("Cast", [in_row], "attention_mask", to=TensorProto.INT64)
+    if "token_type_ids" in outputs:
+        kinds = b.op("Where", [is_content, b.const(f"{p}/content_kind", pad_slot + 1), slot], f"{p}/type_slot")
+        types = [t for _, t in prefix] + [t for _, t in suffix] + [pad[1], text_type]
+        results["token_type_ids"] = b.op("Gather", [b.const(f"{p}/type_table", types, np.int64), kinds],
+                                         "token_type_ids", axis=0)
+    return [results[name] for name in outputs]
+
+
+def _column(b: GraphBuilder, axis1: str, p: str, value: str, name: str) -> str:
+    return b.op("Unsqueeze", [value, axis1], f"{p}/{name}2")

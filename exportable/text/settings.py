@@ -14,9 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError
-from .support import GRAPH_TOKENIZER_CLASSES
 
-SUPPORTED_CLASSES = GRAPH_TOKENIZER_CLASSES  # exportable.text.support: the one table
 SPECIAL_NAMES = ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 DEFAULT_SPECIALS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
                     "mask_token": "[MASK]"}
@@ -213,10 +211,8 @@ def read_settings(model_dir: Path, max_length: int | None) -> TokenizerSettings:
     special_map = _load_json(model_dir / "special_tokens_map.json")
     tok_json = _load_json(json_path)
 
-    klass = config.get("tokenizer_class")
-    if klass is not None and klass not in SUPPORTED_CLASSES:
-        raise TokenizerError(f"{config_path}: tokenizer_class {klass!r} is not supported; supported: "
-                         f"{', '.join(SUPPORTED_CLASSES)}")
+    # No check of tokenizer_class: the kind is decided by the pipeline itself (exportable.text.plan),
+    # and a WordPiece pipeline of any class (Electra, MPNet's ...) is read the same way.
     for side in ("padding_side", "truncation_side"):
         if config.get(side, "right") != "right":
             raise TokenizerError(f"{config_path}: {side}={config[side]!r} is not supported; only 'right'")

@@ -1,0 +1,235 @@
+"""The detokenizer as one ONNX graph: ids [batch, steps] int64 -> text [batch] string, equal to
+`tokenizer.batch_decode(ids, skip_special_tokens=True)` of the Hugging Face fast tokenizer.
+
+    model = build_decode_graph(plan, opset=18)
+
+Each id becomes the bytes its token stands for (a table built here from the pipeline's decoder,
+special tokens empty when skipped); a row's bytes are then repaired as UTF-8 exactly as Rust's
+String::from_utf8_lossy does inside the HF ByteLevel decoder: each maximal ill-formed subsequence
+(Unicode 3-7: a lead byte with the continuation bytes that can still follow it, or one stray
+byte) becomes one U+FFFD; then one string per row.
+
+onnxruntime-extensions' BpeDecoder is not used: it is wrong on a [B > 1, L] input (rows run
+together) and does no U+FFFD repair. Limits: the row join (ortx StringJoin) reads C strings, so
+a decoded NUL byte is dropped; ids outside the vocabulary decode to nothing (HF skips them too).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from ..onnx_builder import GraphBuilder
+from .bytelevel import byte_to_char
+from .plan import TokenizerPlan
+from .ragged import join_rows
+from .settings import TokenizerError
+
+REPLACEMENT = "\ufffd".encode()
+# Python's str.replace sequence of transformers' clean_up_tokenization, in its order.
+CLEAN_UP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
+            (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
+
+
+def token_bytes(plan: TokenizerPlan, skip_special_tokens: bool = True) -> list[bytes]:
+    """The bytes each id decodes to (index = id)."""
+    if plan.kind != "bytelevel-bpe":
+        raise TokenizerError(f"{plan.source}: decoding {plan.kind} tokenizers in the graph is not supported yet "
+                             "(supported: bytelevel-bpe)")
+    chars = {c: byte for byte, c in byte_to_char().items()}
+    tokens = {int(i): t for t, i in plan.backend["model"]["vocab"].items()}
+    added = {int(t["id"]): t for t in plan.backend.get("added_tokens") or []}
+    size = max([*tokens, *added]) + 1
+    table = []
+    for i in range(size):
+        if i in added and added[i].get("special") and skip_special_tokens:
+            table.append(b"")
+            continue
+        text = added[i]["content"] if i in added else tokens.get(i)
+        table.append(b"" if text is None else _byte_level(text, chars))
+    return table
+
+
+def _byte_level(token: str, chars: dict[str, int]) -> bytes:
+    # tokenizers' ByteLevel decoder: a token whose every character is in the byte table decodes to
+    # those bytes; any other token (an added token such as "中文") passes as its UTF-8 bytes.
+    if all(c in chars for c in token):
+        return bytes(chars[c] for c in token)
+    return token.encode()
+
+
+def build_decode_graph(plan: TokenizerPlan, opset: int = 18, skip_special_tokens: bool = True,
+                       clean_up_tokenization_spaces: bool = False, ids_name: str = "ids",
+                       text_name: str = "text") -> onnx.ModelProto:
+    b = GraphBuilder(opset)
+    decode_into(b, ids_name, text_name, token_bytes(plan, skip_special_tokens), clean_up_tokenization_spaces)
+    model = b.model(
+        "detokenizer",
+        [helper.make_tensor_value_info(ids_name, TensorProto.INT64, ["batch", "steps"])],
+        [helper.make_tensor_value_info(text_name, TensorProto.STRING, ["batch"])],
+        doc=f"{plan.kind} detokenizer from {plan.source}: ids -> UTF-8 text, HF batch_decode parity")
+    helper.set_model_props(model, {"exportable.detokenizer": json.dumps(
+        {"source": plan.source, "skip_special_tokens": skip_special_tokens,
+         "clean_up_tokenization_spaces": clean_up_tokenization_spaces}, sort_keys=True)})
+    return model
+
+
+def decode_into(b: GraphBuilder, ids: str, out: str, table: list[bytes], clean_up: bool = False) -> str:
+    """Nodes that decode `ids` [batch, steps] into the string tensor `out` [batch]."""
+    byte_values, row_splits = _row_bytes(b, ids, table)
+    pieces = _repaired_pieces(b, byte_values, row_splits)
+    # One extra row of one piece, dropped after the join: ortx StringJoin crashes the process on an
+    # input with no row or no column (ids [0, S] or [B, 0] gave a segfault).
+    pieces = b.op("Concat", [pieces, b.const("decode/dummy_piece", ["-"])], "decode/pieces_dummy", axis=0)
+    last = b.op("Slice", [row_splits, b.const("decode/last_s", [-1]), b.const("decode/last_e", [2**62])],
+                "decode/last")
+    row_splits = b.op("Concat", [row_splits, b.op("Add", [last, b.const("decode/one_piece", [1])], "decode/end")],
+                      "decode/splits_dummy", axis=0)
+    text = join_rows(b, pieces, row_splits, "decode/join")
+    text = b.op("Slice", [text, b.const("decode/rows_s", [0]), b.const("decode/rows_e", [-1])], "decode/rows")
+    if clean_up:
+        text = _clean_up(b, text)
+    return b.op("Identity", [text], out)
+
+
+def _row_bytes(b: GraphBuilder, ids: str, table: list[bytes]) -> tuple[str, str]:
+    """(bytes [total] int32, splits [batch + 1]) of each row's tokens, in order."""
+    width = max(1, max(len(t) for t in table))
+    padded = np.zeros((len(table) + 1, width), np.int32)  # one extra row: the empty token
+    lengths = np.zeros(len(table) + 1, np.int64)
+    for i, token in enumerate(table):
+        padded[i, :len(token)] = list(token)
+        lengths[i] = len(token)
+    known = b.op("And", [b.op("GreaterOrEqual", [ids, b.const("decode/zero", 0)], "decode/ge0"),
+                         b.op("Less", [ids, b.const("decode/size", len(table))], "decode/lt_size")], "decode/known")
+    safe = b.op("Where", [known, ids, b.const("decode/empty_id", len(table))], "decode/safe_ids")
+    token_bytes_ = b.op("Gather", [b.const("decode/byte_table", padded), safe], "decode/token_bytes", axis=0)
+    token_lengths = b.op("Gather", [b.const("decode/length_table", lengths), safe], "decode/token_lengths", axis=0)
+    cols = b.const("decode/cols", np.arange(width, dtype=np.int64))
+    valid = b.op("Less", [cols, b.op("Unsqueeze", [token_lengths, b.const("decode/axis2", [2])], "decode/len3")],
+                 "decode/valid")
+    flat = b.const("decode/flat", [-1])
+    values = b.op("Compress", [b.op("Reshape", [token_bytes_, flat], "decode/bytes_flat"),
+                               b.op("Reshape", [valid, flat], "decode/valid_flat")], "decode/bytes", axis=0)
+    per_row = b.op("ReduceSum", [token_lengths, b.const("decode/axis1", [1])], "decode/row_bytes", keepdims=0)
+    ends = b.op("CumSum", [per_row, b.const("decode/axis0", 0)], "decode/ends")
+    return values, b.op("Concat", [b.const("decode/start0", [0]), ends], "decode/splits", axis=0)
+
+
+def _repaired_pieces(b: GraphBuilder, x: str, splits: str) -> str:
+    """One string per byte: the byte itself where it belongs to a well-formed sequence, U+FFFD where
+    a maximal ill-formed subsequence starts, "" for the rest of that subsequence."""
+    p = "utf8"
+    n = b.op("Shape", [x], f"{p}/n")
+    positions = b.op("Range", [b.const(f"{p}/r0", 0), b.op("Squeeze", [n], f"{p}/n0"), b.const(f"{p}/r1", 1)],
+                     f"{p}/positions")
+    # row end of each byte: bytes at or past it belong to the next row
+    row = b.op("Sub", [b.op("CumSum", [b.op("ScatterElements", [
+        b.op("ConstantOfShape", [b.op("Add", [n, b.const(f"{p}/one_more", [1])], f"{p}/n1")], f"{p}/zeros",
+             value=helper.make_tensor("zero", TensorProto.INT64, [1], [0])),
+        splits, b.op("Expand", [b.const(f"{p}/one", 1), b.op("Shape", [splits], f"{p}/ns")], f"{p}/ones")],
+        f"{p}/starts_marked", axis=0, reduction="add"), b.const(f"{p}/axis0", 0)], f"{p}/row_plus1"),
+        b.const(f"{p}/one_r", 1)], f"{p}/row_all")
+    row = b.op("Slice", [row, b.const(f"{p}/s0", [0]), n], f"{p}/row")
+    row_end = b.op("Gather", [splits, b.op("Add", [row, b.const(f"{p}/one_e", 1)], f"{p}/row1")], f"{p}/row_end",
+                   axis=0)
+    # x shifted by k within its row (-1 past the row's end: never a continuation byte)
+    padded = b.op("Concat", [x, b.const(f"{p}/pad", [-1, -1, -1], np.int32)], f"{p}/x_padded", axis=0)
+
+    def ahead(k: int) -> str:
+        at = b.op("Add", [positions, b.const(f"{p}/k{k}", k)], f"{p}/at{k}")
+        value = b.op("Gather", [padded, at], f"{p}/raw{k}", axis=0)
+        inside = b.op("Less", [at, row_end], f"{p}/inside{k}")
+        return b.op("Where", [inside, value, b.const(f"{p}/outside{k}", -1, np.int32)], f"{p}/x{k}")
+
+    def between(v: str, lo: int, hi: int, name: str) -> str:
+        return b.op("And", [b.op("GreaterOrEqual", [v, b.const(f"{p}/{name}_lo", lo, np.int32)], f"{p}/{name}_ge"),
+                            b.op("LessOrEqual", [v, b.const(f"{p}/{name}_hi", hi, np.int32)], f"{p}/{name}_le")],
+                     f"{p}/{name}")
+
+    x1, x2, x3 = ahead(1), ahead(2), ahead(3)
+    need, second_ok = _lead_rules(b, x, x1, between, p)
+    cont2, cont3 = between(x2, 0x80, 0xBF, "c2"), between(x3, 0x80, 0xBF, "c3")
+    # k: how many bytes from here still fit the sequence this lead starts (1..need)
+    as_int = lambda v, name: b.op("Cast", [v], f"{p}/{name}_i", to=TensorProto.INT64)  # noqa: E731
+    got2 = b.op("And", [second_ok, b.op("Greater", [need, b.const(f"{p}/one_n", 1)], f"{p}/need2")], f"{p}/got2")
+    got3 = b.op("And", [got2, b.op("And", [cont2, b.op("Greater", [need, b.const(f"{p}/two_n", 2)], f"{p}/need3")],
+                                   f"{p}/c2n")], f"{p}/got3")
+    got4 = b.op("And", [got3, b.op("And", [cont3, b.op("Greater", [need, b.const(f"{p}/three_n", 3)], f"{p}/need4")],
+                                   f"{p}/c3n")], f"{p}/got4")
+    k = b.op("Add", [b.op("Add", [as_int(got2, "g2"), as_int(got3, "g3")], f"{p}/k23"), as_int(got4, "g4")], f"{p}/k_more")
+    k = b.op("Add", [k, b.const(f"{p}/one_k", 1)], f"{p}/k")
+    is_lead = b.op("Greater", [need, b.const(f"{p}/zero_n", 0)], f"{p}/is_lead")
+    complete = b.op("And", [is_lead, b.op("Equal", [k, need], f"{p}/k_eq_need")], f"{p}/complete")
+    covered = _covered(b, complete, need, p)
+    uncovered = b.op("Not", [covered], f"{p}/uncovered")
+    # the rest of an ill-formed subsequence started by a lead 1 or 2 bytes back
+    bad_lead = b.op("And", [uncovered, is_lead], f"{p}/bad_lead")
+    absorbed = b.op("Or", [_back(b, bad_lead, k, 1, 2, p), _back(b, bad_lead, k, 2, 3, p)], f"{p}/absorbed_any")
+    absorbed = b.op("And", [uncovered, absorbed], f"{p}/absorbed")
+    code = b.op("Where", [absorbed, b.const(f"{p}/code_empty", 257), b.const(f"{p}/code_fffd", 256)], f"{p}/code_bad")
+    code = b.op("Where", [covered, b.op("Cast", [x], f"{p}/x64", to=TensorProto.INT64), code], f"{p}/code")
+    table = b.const(f"{p}/piece_table", [bytes([i]) for i in range(256)] + [REPLACEMENT, b""], object)
+    return b.op("Gather", [table, code], f"{p}/pieces", axis=0)
+
+
+def _lead_rules(b, x, x1, between, p) -> tuple[str, str]:
+    """(bytes the sequence at x needs, 0 for a byte that cannot start one; whether x1 may follow x)."""
+    rules = [  # (lead range, length, allowed second byte) from Unicode Table 3-7
+        ((0x00, 0x7F), 1, None), ((0xC2, 0xDF), 2, (0x80, 0xBF)), ((0xE0, 0xE0), 3, (0xA0, 0xBF)),
+        ((0xE1, 0xEC), 3, (0x80, 0xBF)), ((0xED, 0xED), 3, (0x80, 0x9F)), ((0xEE, 0xEF), 3, (0x80, 0xBF)),
+        ((0xF0, 0xF0), 4, (0x90, 0xBF)), ((0xF1, 0xF3), 4, (0x80, 0xBF)), ((0xF4, 0xF4), 4, (0x80, 0x8F)),
+    ]
+    need = b.const(f"{p}/need0", 0)
+    second_ok = b.const(f"{p}/second0", False)
+    for i, ((lo, hi), length, second) in enumerate(rules):
+        is_rule = between(x, lo, hi, f"lead{i}")
+        need = b.op("Where", [is_rule, b.const(f"{p}/len{i}", length), need], f"{p}/need_{i}")
+        if second:
+            ok = b.op("And", [is_rule, between(x1, second[0], second[1], f"second{i}")], f"{p}/second_ok{i}")
+            second_ok = b.op("Or", [second_ok, ok], f"{p}/second_{i}")
+    return need, second_ok
+
+
+def _covered(b, complete, need, p) -> str:
+    """Whether each byte lies inside a well-formed sequence (one that starts 0..3 bytes back)."""
+    covered = complete
+    for back in (1, 2, 3):
+        starts_back = _shift_back(b, complete, back, False, p, f"complete{back}")
+        long_enough = b.op("Greater", [_shift_back(b, need, back, 0, p, f"need{back}"), b.const(f"{p}/b{back}", back)],
+                           f"{p}/long{back}")
+        covered = b.op("Or", [covered, b.op("And", [starts_back, long_enough], f"{p}/cov_and{back}")],
+                       f"{p}/covered{back}")
+    return covered
+
+
+def _back(b, bad_lead, k, back, min_k, p) -> str:
+    lead = _shift_back(b, bad_lead, back, False, p, f"bad{back}")
+    reach = _shift_back(b, k, back, 0, p, f"k{back}")
+    return b.op("And", [lead, b.op("GreaterOrEqual", [reach, b.const(f"{p}/mink{back}", min_k)], f"{p}/reach{back}")],
+                f"{p}/from{back}")
+
+
+def _shift_back(b, value: str, back: int, fill, p: str, name: str) -> str:
+    """value[i - back] (fill for i < back). Sequences never span rows: a row ends before a byte a
+    lead there would need, so the lead's `need`/`k` already stop at the row's end."""
+    dtype = bool if isinstance(fill, bool) else np.int64
+    pad = b.const(f"{p}/{name}_fill", [fill] * back, dtype)
+    joined = b.op("Concat", [pad, value], f"{p}/{name}_joined", axis=0)
+    end = b.op("Shape", [value], f"{p}/{name}_n")
+    return b.op("Slice", [joined, b.const(f"{p}/{name}_s", [0]), end], f"{p}/{name}_shift")
+
+
+def _clean_up(b: GraphBuilder, text: str) -> str:
+    for i, (old, new) in enumerate(CLEAN_UP):
+        text = b.op("StringRegexReplace", [text, b.const(f"clean/pattern{i}", _re2_literal(old)),
+                                           b.const(f"clean/rewrite{i}", new.replace("\\", "\\\\"))],
+                    f"clean/text{i}", domain="ai.onnx.contrib", types=[(TensorProto.STRING, 1)])
+    return text
+
+
+def _re2_literal(text: str) -> str:
+    return "".join(f"\\x{{{ord(ch):X}}}" for ch in text)
