@@ -74,7 +74,7 @@ def _bench_parser(sub) -> None:
                                             "(default artifacts/bench/NAME)")
     b.add_argument("--artifact", type=Path, help="use the model files in this folder (model.onnx, model.pt, "
                                                  "model.optimized.onnx, model.int8.onnx) instead of building them")
-    b.add_argument("--batch-sizes", default="1,8,32", help="comma-separated (default 1,8,32)")
+    b.add_argument("--batch-sizes", default=None, help="comma-separated (default 1,8,32; 1,32 with --tokenizer-only)")
     b.add_argument("--lengths", default="short,long",
                    help="short (16 tokens), long (128 tokens), mixed (the varied corpus); default short,long")
     b.add_argument("--variants", default=None, help="comma-separated subset of: original, torchscript, onnx, "
@@ -88,6 +88,9 @@ def _bench_parser(sub) -> None:
     b.add_argument("--seconds", type=float, default=8.0, help="timing budget per input shape (default 8)")
     b.add_argument("--quick", action="store_true", help="smoke mode: tiny calibration, few calls per variant")
     b.add_argument("--opset", type=int, default=None, help="ONNX opset for the models bench builds (default 18)")
+    b.add_argument("--tokenizer-only", action="store_true",
+                   help="text recipes: time the in-graph tokenizer alone against the HF fast tokenizer "
+                        "(batch sizes default 1,32); writes bench-tokenizer.json")
 
 
 def _recipe_options(cls, argv: list[str]) -> tuple[dict, list[str]]:
@@ -169,8 +172,16 @@ def cmd_bench(args, extra: list[str]) -> int:
     options, rest = _recipe_options(registry.resolve(args.name), extra)
     if rest:
         raise InputError(f"unknown option {rest[0]!r} for bench {args.name}; see `python -m exportable bench --help`")
+    if args.tokenizer_only:
+        api.quiet_libraries()
+        data = bench.bench_tokenizer(args.name, out=args.out, threads=args.threads,
+                                     batches=_int_list(args.batch_sizes or "1,32", "--batch-sizes"),
+                                     seconds=args.seconds, opset=args.opset or api.DEFAULT_OPSET, **options)
+        print(bench.format_tokenizer_table(data))
+        print(f"wrote {data['json_path']}")
+        return 1 if any(r["status"] != "ok" for r in data["rows"]) else 0
     result = bench.run_bench(
-        args.name, out=args.out, artifact=args.artifact, batches=_int_list(args.batch_sizes, "--batch-sizes"),
+        args.name, out=args.out, artifact=args.artifact, batches=_int_list(args.batch_sizes or "1,8,32", "--batch-sizes"),
         lengths=[x.strip() for x in args.lengths.split(",") if x.strip()],
         variants=[x.strip() for x in args.variants.split(",") if x.strip()] if args.variants else None,
         threads=args.threads, device=args.device, seconds=args.seconds, quick=args.quick,

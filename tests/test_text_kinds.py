@@ -194,3 +194,16 @@ def test_roberta_sentence_encoder_exports_strings_in(roberta_dir, tmp_path):
     assert sum(case["case"].startswith("corpus_") for case in report["cases"]) >= 38  # 1,200 texts at 7 and 32
     meta = {p.key: p.value for p in onnx.load(str(out / "model.onnx"), load_external_data=False).metadata_props}
     assert json.loads(meta["exportable.tokenizer"])["tokenizer"] == "bytelevel-bpe"
+
+
+def test_bench_tokenizer_only_times_both_after_checking_ids(tmp_path):
+    """`bench NAME --tokenizer-only`: the in-graph tokenizer and the HF fast tokenizer on the same
+    texts at batch 1 and 32, timed only once their ids agree."""
+    from conftest import run_cli
+
+    done = run_cli("bench", "sentence_bert", "--tokenizer-only", "--seconds", "0.5", "--out", tmp_path)
+    assert done.returncode == 0, done.stderr
+    data = json.loads((tmp_path / "bench-tokenizer.json").read_text())
+    assert [r["batch"] for r in data["rows"]] == [1, 32] and all(r["status"] == "ok" for r in data["rows"])
+    assert all(r["hf_ms"] > 0 and r["graph_ms"] > 0 and r["speedup"] > 0 for r in data["rows"])
+    assert "wordpiece" in done.stdout and "x hf" in done.stdout
