@@ -1,0 +1,34 @@
+"""One decoding step of a Hugging Face causal LM with its KV cache as flat tensors.
+
+transformers 5's DynamicCache is not registered as a pytree, so torch.export cannot take or
+return one: the cache goes in and out as two stacked tensors, keys and values
+[layers, batch, heads, past, head_dim], and the cache object is rebuilt inside forward.
+
+    step(input_ids [B, T], attention_mask [B, past + T], position_ids [B, T], past_keys, past_values)
+      -> logits of the last position [B, vocab], present_keys, present_values ([..., past + T, ...])
+
+With past = 0 it is the prompt's (prefill) step; with T = 1 every later step: one graph for both,
+which exportable.decoding runs inside an ONNX Loop.
+"""
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+
+class CausalLMStep(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.layers = int(model.config.num_hidden_layers)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                past_keys: torch.Tensor, past_values: torch.Tensor):
+        cache = DynamicCache(ddp_cache_data=[(past_keys[i], past_values[i]) for i in range(self.layers)],
+                             config=self.model.config)
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         past_key_values=cache, use_cache=True)
+        layers = out.past_key_values.layers
+        keys = torch.stack([layers[i].keys for i in range(self.layers)])
+        values = torch.stack([layers[i].values for i in range(self.layers)])
+        return out.logits[:, -1, :], keys, values
