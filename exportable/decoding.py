@@ -43,6 +43,20 @@ class GreedySettings:
     head_dim: int
     min_new_tokens: int = 0
     repetition_penalty: float = 1.0
+    bos_id: int | None = None  # an empty prompt starts from it (see start_empty_prompts)
+
+
+def start_empty_prompts(input_ids: np.ndarray, attention_mask: np.ndarray, pad_id: int, bos_id: int):
+    """What greedy_loop does to its inputs first, in numpy (the original pipeline applies it too):
+    one padding column on the left, and a row with no token gets `bos_id` in its last column, as
+    generate() starts from BOS when it is given no prompt. (A row that is all padding has no
+    defined continuation: attention over nothing; transformers warns of right-padding then.)"""
+    rows = input_ids.shape[0]
+    ids = np.concatenate([np.full((rows, 1), pad_id, np.int64), input_ids], axis=1)
+    mask = np.concatenate([np.zeros((rows, 1), np.int64), attention_mask], axis=1)
+    empty = mask.sum(axis=1) == 0
+    ids[empty, -1], mask[empty, -1] = bos_id, 1
+    return ids, mask
 
 
 def greedy_loop(step: onnx.ModelProto, s: GreedySettings) -> onnx.ModelProto:
@@ -57,9 +71,10 @@ def greedy_loop(step: onnx.ModelProto, s: GreedySettings) -> onnx.ModelProto:
     empty_past = b.op("ConstantOfShape", [past_shape], "gen/empty_past",
                       value=helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0]))
     running = b.op("Expand", [b.const("gen/true", True), batch], "gen/running0")
+    ids, mask = _start_empty_prompts(b, batch, s) if s.bos_id is not None else ("input_ids", "attention_mask")
     body = _body(b.child(), step, s)
     _, _, _, _, _, _, tokens = b.op(
-        "Loop", [trips, has_rows, "input_ids", "attention_mask", empty_past, empty_past, running, "input_ids"],
+        "Loop", [trips, has_rows, ids, mask, empty_past, empty_past, running, ids],
         ["gen/last_ids", "gen/last_mask", "gen/last_keys", "gen/last_values", "gen/last_running", "gen/all_ids",
          "gen/tokens"], body=body)
     # Zero iterations leave the scan output without a batch axis: give it [steps, batch] first.
@@ -79,6 +94,27 @@ def greedy_loop(step: onnx.ModelProto, s: GreedySettings) -> onnx.ModelProto:
             model.opset_import.append(opset)
     model.ir_version = max(model.ir_version, step.ir_version)
     return model
+
+
+def _start_empty_prompts(b: GraphBuilder, batch: str, s: GreedySettings) -> tuple[str, str]:
+    """start_empty_prompts as graph nodes."""
+    column = b.op("Concat", [batch, b.const("start/one", [1])], "start/column_shape", axis=0)
+    pads = b.op("ConstantOfShape", [column], "start/pads",
+                value=helper.make_tensor("pad", TensorProto.INT64, [1], [s.pad_id]))
+    unmasked = b.op("ConstantOfShape", [column], "start/zeros",
+                    value=helper.make_tensor("zero", TensorProto.INT64, [1], [0]))
+    ids = b.op("Concat", [pads, "input_ids"], "start/ids", axis=1)
+    mask = b.op("Concat", [unmasked, "attention_mask"], "start/mask", axis=1)
+    empty = b.op("Equal", [b.op("ReduceSum", [mask, b.const("start/axis1", [1])], "start/tokens", keepdims=1),
+                           b.const("start/none", 0)], "start/empty")
+    width = b.op("Shape", [mask], "start/width", start=1, end=2)
+    last = b.op("Equal", [b.op("Range", [b.const("start/r0", 0), b.op("Squeeze", [width], "start/w"),
+                                         b.const("start/r1", 1)], "start/cols"),
+                          b.op("Sub", [width, b.const("start/one_w", 1)], "start/last_col")], "start/is_last")
+    put = b.op("And", [empty, last], "start/put_bos")
+    ids = b.op("Where", [put, b.const("start/bos", s.bos_id), ids], "start/ids_bos")
+    mask = b.op("Where", [put, b.const("start/one_m", 1), mask], "start/mask_bos")
+    return ids, mask
 
 
 def _body(b: GraphBuilder, step: onnx.ModelProto, s: GreedySettings) -> onnx.GraphProto:

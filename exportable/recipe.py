@@ -255,6 +255,11 @@ class Recipe:
         """Which exporter module (exportable.exporters.<name>) captures `fmt`."""
         return fmt
 
+    def onnx_around(self, model, opset: int):
+        """The captured model inside a graph the recipe builds around it, before the pre/post graphs
+        are merged (e.g. a decoding Loop around one decoder step); by default the model itself."""
+        return model
+
     def onnx_preprocessor(self, opset: int):
         """Optional ONNX graph (at `opset`) merged in front of the captured model (e.g. a tokenizer)."""
         return None

@@ -125,6 +125,7 @@ def assemble(export: Export, model) -> Stage:
 
 
 def assembled(recipe: Recipe, model, opset: int, source: Source):
+    model = recipe.onnx_around(model, opset)
     pre = recipe.onnx_preprocessor(opset)
     if pre is not None:
         model = graph.merge_in_front(pre, model)

@@ -1,0 +1,224 @@
+"""CausalLMFamily: a Hugging Face causal LM (GPT-2, GPT-Neo) as one file that takes prompt
+strings and returns the generated ids and text, token for token what `generate` returns.
+
+Original: the tokenizer (left padding, truncated to the context minus max_new_tokens) then
+`model.generate(**enc, do_sample=False, num_beams=1, max_new_tokens=N, pad_token_id=eos, ...)
+[:, prompt_len:]` and `tokenizer.batch_decode(..., skip_special_tokens=True)`.
+Artifact: the tokenizer graph (exportable.text), a greedy Loop around one captured decoder step
+with the KV cache carried (exportable.decoding), the detokenizer graph. `--inputs ids` keeps the
+ids-in, ids-out core (input_ids + attention_mask, left-padded).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM
+
+from exportable.blocks.causal_lm import CausalLMStep
+from exportable.decoding import GreedySettings, greedy_loop, start_empty_prompts
+from exportable.errors import InputError
+from exportable.recipe import EXACT, Case, Option, TensorSpec
+from exportable.text.decode_graph import build_decode_graph
+from exportable.text.encode_graph import build_text_graph
+from exportable.text.plan import plan_from_hf
+from exportable.textinput import TEXT
+
+from .text import INPUTS, TextFamily, model_option
+
+DECODERS = ("gpt2", "gpt_neo")
+EXAMPLE_PAST, EXAMPLE_NEW = 3, 4  # the step is captured at past 3, 4 new tokens: other shapes are proven
+
+
+def generator_options(default: str) -> tuple[Option, ...]:
+    return (model_option("a causal LM folder (save_pretrained of the model and its tokenizer)", default), INPUTS,
+            Option("max_new_tokens", "tokens generated at most (baked into the graph)", default=16, type=int),
+            Option("min_new_tokens", "EOS is not chosen before this many new tokens", default=0, type=int),
+            Option("repetition_penalty", "transformers' repetition penalty (1.0: none)", default=1.0, type=float),
+            Option("num_beams", "beam search width; 1 (greedy) is what the graph builds", default=1, type=int))
+
+
+class CausalLMFamily(TextFamily):
+    original_pipeline = "transformers AutoModelForCausalLM.generate (greedy) + batch_decode"
+    formats = ("onnx",)
+
+    def validate_settings(self) -> None:
+        for name, low in (("max_new_tokens", 1), ("min_new_tokens", 0), ("num_beams", 1)):
+            if self.settings[name] < low:
+                raise InputError(f"recipe {self.name!r}: --{name.replace('_', '-')} must be >= {low}")
+        if self.settings["num_beams"] != 1:
+            raise InputError(f"recipe {self.name!r}: --num-beams {self.settings['num_beams']}: beam search is not "
+                             "built into the graph yet; use --num-beams 1 (greedy)")
+        if self.settings["min_new_tokens"] > self.settings["max_new_tokens"]:
+            raise InputError(f"recipe {self.name!r}: --min-new-tokens exceeds --max-new-tokens")
+        if self.settings["repetition_penalty"] <= 0:
+            raise InputError(f"recipe {self.name!r}: --repetition-penalty must be > 0")
+        super().validate_settings()
+
+    def check_encoder(self, model_type: str) -> None:
+        if model_type not in DECODERS:
+            raise InputError(f"--model {self.model_dir}: model type {model_type!r} is not a supported causal LM; "
+                             f"supported: {', '.join(DECODERS)}")
+
+    # --- the model -----------------------------------------------------------------------------
+    @cached_property
+    def lm(self):
+        return self.load_model(AutoModelForCausalLM, "causal LM")
+
+    @cached_property
+    def tokenizer(self):
+        tokenizer = super().tokenizer
+        tokenizer.padding_side = "left"  # prompts of different lengths end where generation starts
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return tokenizer
+
+    @property
+    def context(self) -> int:
+        config = self.lm.config
+        return int(getattr(config, "max_position_embeddings", None) or config.n_positions)
+
+    @property
+    def max_length(self) -> int:
+        """The longest prompt: the context less the tokens to generate (longer prompts keep their end)."""
+        room = self.context - self.settings["max_new_tokens"]
+        if room < 1:
+            raise InputError(f"--max-new-tokens {self.settings['max_new_tokens']} leaves no room for a prompt in "
+                             f"the model's context of {self.context} tokens")
+        return room
+
+    @property
+    def eos_id(self) -> int:
+        eos = self.lm.generation_config.eos_token_id
+        eos = eos[0] if isinstance(eos, list) else eos
+        return int(eos if eos is not None else self.tokenizer.eos_token_id)
+
+    @property
+    def bos_id(self) -> int:
+        bos = self.lm.generation_config.bos_token_id
+        return int(bos if bos is not None else self.eos_id)
+
+    def generate_kwargs(self) -> dict:
+        return {"do_sample": False, "num_beams": 1, "max_new_tokens": self.settings["max_new_tokens"],
+                "min_new_tokens": self.settings["min_new_tokens"], "pad_token_id": self.eos_id,
+                "repetition_penalty": self.settings["repetition_penalty"]}
+
+    # --- the original --------------------------------------------------------------------------
+    def tokenize(self, texts: list[str]) -> dict[str, np.ndarray]:
+        if not texts:
+            return {"input_ids": np.zeros((0, 0), np.int64), "attention_mask": np.zeros((0, 0), np.int64)}
+        tokenizer = self.tokenizer
+        tokenizer.truncation_side = "left"
+        enc = tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="np")
+        return {"input_ids": enc["input_ids"].astype(np.int64), "attention_mask": enc["attention_mask"].astype(np.int64)}
+
+    def build_original(self):
+        model, kwargs = self.lm, self.generate_kwargs()
+
+        def generate(case: Case) -> dict[str, np.ndarray]:
+            ids = case.data if isinstance(case.data, dict) else self.tokenize(list(case.data))
+            rows = ids["input_ids"].shape[0]
+            if rows == 0:
+                new = np.zeros((0, 0), np.int64)
+            else:
+                input_ids, mask = start_empty_prompts(ids["input_ids"], ids["attention_mask"], self.eos_id, self.bos_id)
+                with torch.no_grad():
+                    out = model.generate(input_ids=torch.from_numpy(input_ids), attention_mask=torch.from_numpy(mask),
+                                         **kwargs)
+                new = out[:, input_ids.shape[1]:].numpy().astype(np.int64)
+            result = {"generated_ids": new}
+            if self.text_mode:
+                texts = self.tokenizer.batch_decode(new, skip_special_tokens=True) if rows else []
+                result["generated_text"] = np.array(texts, dtype=object).reshape(rows)
+            return result
+
+        return generate
+
+    # --- the artifact --------------------------------------------------------------------------
+    def build_wrapper(self, fmt: str = "onnx"):
+        return CausalLMStep(self.lm).eval()
+
+    def cache_shape(self) -> tuple[int, int, int]:
+        config = self.lm.config
+        heads = int(config.num_attention_heads)
+        return int(config.num_hidden_layers), heads, int(config.hidden_size) // heads
+
+    def model_input_specs(self, fmt: str = "onnx"):
+        layers, heads, dim = self.cache_shape()
+        past = (layers, "batch", heads, "past", dim)  # fixed sizes: only batch and past are dynamic
+        return (TensorSpec("input_ids", "int64", ("batch", "new"), "the new tokens"),
+                TensorSpec("attention_mask", "int64", ("batch", "total"), "past + new"),
+                TensorSpec("position_ids", "int64", ("batch", "new"), "positions of the new tokens"),
+                TensorSpec("past_keys", "float32", past, "[layers, batch, heads, past, head_dim]"),
+                TensorSpec("past_values", "float32", past, "as past_keys"))
+
+    def model_output_specs(self, fmt: str = "onnx"):
+        layers, heads, dim = self.cache_shape()
+        cache = (layers, "batch", heads, "total", dim)
+        return (TensorSpec("logits", "float32", ("batch", "vocab"), "the last position's logits"),
+                TensorSpec("present_keys", "float32", cache, "past + new"),
+                TensorSpec("present_values", "float32", cache, "past + new"))
+
+    def capture_feed(self, fmt: str = "onnx") -> dict[str, np.ndarray]:
+        layers, heads, dim = self.cache_shape()
+        rng = np.random.default_rng(0)
+        batch, total = 2, EXAMPLE_PAST + EXAMPLE_NEW
+        cache = (layers, batch, heads, EXAMPLE_PAST, dim)
+        return {"input_ids": rng.integers(0, len(self.tokenizer), (batch, EXAMPLE_NEW)).astype(np.int64),
+                "attention_mask": np.ones((batch, total), np.int64),
+                "position_ids": np.tile(np.arange(EXAMPLE_PAST, total, dtype=np.int64), (batch, 1)),
+                "past_keys": rng.standard_normal(cache, dtype=np.float32),
+                "past_values": rng.standard_normal(cache, dtype=np.float32)}
+
+    def onnx_around(self, model, opset: int):
+        layers, heads, dim = self.cache_shape()
+        return greedy_loop(model, GreedySettings(
+            max_new_tokens=self.settings["max_new_tokens"], eos_id=self.eos_id, pad_id=self.eos_id, layers=layers,
+            heads=heads, head_dim=dim, min_new_tokens=self.settings["min_new_tokens"],
+            repetition_penalty=self.settings["repetition_penalty"], bos_id=self.bos_id))
+
+    def tokenizer_plan(self):
+        self.tokenizer.truncation_side = "left"
+        return plan_from_hf(self.tokenizer, max_length=self.max_length, source=str(self.tokenizer_dir))
+
+    def onnx_preprocessor(self, opset: int):
+        return build_text_graph(self.tokenizer_plan(), opset=opset) if self.text_mode else None
+
+    def onnx_postprocessor(self, opset: int):
+        if not self.text_mode:
+            return None
+        return build_decode_graph(self.tokenizer_plan(), opset=opset, ids_name="generated_ids",
+                                  text_name="generated_text",
+                                  clean_up_tokenization_spaces=bool(self.tokenizer.clean_up_tokenization_spaces))
+
+    def input_specs(self, fmt: str = "onnx"):
+        if self.text_mode:
+            return (TEXT,)
+        return (TensorSpec("input_ids", "int64", ("batch", "prompt"), "prompt ids, left-padded"),
+                TensorSpec("attention_mask", "int64", ("batch", "prompt"), "1 for prompt tokens, 0 for padding"))
+
+    def output_specs(self):
+        ids = TensorSpec("generated_ids", "int64", ("batch", "steps"),
+                         "new tokens; rows that ended emit the EOS id as padding")
+        if not self.text_mode:
+            return (ids,)
+        return (ids, TensorSpec("generated_text", "string", ("batch",), "batch_decode(ids, skip_special_tokens)"))
+
+    def tolerances(self):
+        return {"generated_ids": EXACT, "generated_text": EXACT}
+
+    def preprocessing(self) -> dict:
+        return {**self.text_preprocessing(), "padding": "longest, left", "truncation": "left",
+                "generation": {k: v for k, v in self.generate_kwargs().items()}}
+
+    def default_state(self):
+        return self.lm.state_dict()
+
+    def text_cases(self, texts, sizes, corpus_every: int = 1) -> list[Case]:
+        raise NotImplementedError  # generation validates on its own prompts (validation_cases)
+
+    def option_model_dir(self) -> Path | None:
+        return self._checkpoint
