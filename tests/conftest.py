@@ -52,3 +52,15 @@ def exported(tmp_path_factory):
 
     get.results = cache
     return get
+
+
+@pytest.fixture(scope="session")
+def gpt2_dir(tmp_path_factory):
+    """The real GPT-2 tokenizer (50,257 tokens), built from the BPE ranks that the openai-whisper
+    sdist ships (fetched from PyPI once into exportable's cache, as the text_generator default is)."""
+    from exportable.recipes.text_generator import CACHE
+    from exportable.text.gpt2 import gpt2_ranks_file, gpt2_tokenizer
+
+    folder = tmp_path_factory.mktemp("gpt2") / "tokenizer"
+    gpt2_tokenizer(gpt2_ranks_file(CACHE)).save_pretrained(folder)
+    return folder

@@ -17,6 +17,7 @@ PARITY_CASES = {
     "yolo_nms": {},
     "text_classifier": {},
     "image_classifier": {},
+    "text_generator": {},
 }
 
 

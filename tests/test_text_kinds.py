@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
-import sys
-import tarfile
 
 import numpy as np
 import onnx
@@ -23,7 +20,6 @@ from exportable.text.encode_graph import build_text_graph
 from exportable.text.plan import plan_from_hf
 from exportable.text.settings import TokenizerError
 
-WHISPER_SDIST = "openai-whisper==20250625"  # ships whisper/assets/gpt2.tiktoken: GPT-2's real BPE ranks
 MAX_LENGTH = 64  # short, so that many corpus texts are truncated
 
 
@@ -34,22 +30,6 @@ def session(model):
     options = ort.SessionOptions()
     options.register_custom_ops_library(get_library_path())
     return ort.InferenceSession(model.SerializeToString(), options)
-
-
-@pytest.fixture(scope="session")
-def gpt2_dir(tmp_path_factory):
-    """The real GPT-2 tokenizer, built from the sdist's rank file (downloaded from PyPI once)."""
-    from exportable.text.gpt2 import gpt2_tokenizer
-
-    root = tmp_path_factory.mktemp("gpt2")
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q", "-d",
-                    str(root), WHISPER_SDIST], check=True, timeout=300)
-    with tarfile.open(next(root.glob("openai_whisper-*.tar.gz"))) as sdist:
-        member = next(m for m in sdist.getmembers() if m.name.endswith("whisper/assets/gpt2.tiktoken"))
-        (root / "gpt2.tiktoken").write_bytes(sdist.extractfile(member).read())
-    folder = root / "tokenizer"
-    gpt2_tokenizer(root / "gpt2.tiktoken").save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="session")

@@ -1,11 +1,15 @@
 """Byte-level BPE (GPT-2, RoBERTa, BART, GPT-Neo, Phi) as graph nodes: texts -> ragged content ids.
 
-onnxruntime-extensions' HfJsonTokenizer runs the pipeline described by the tokenizer's own JSON
-(ByteLevel pre-tokenizer and its regex, BPE merges, added tokens). On the project's 1,200-string
-Unicode corpus it equals the Hugging Face fast tokenizer on every string but those holding NUL:
-the op reads its input as C strings, so "a\\x00b" reaches it as "a". Specials, truncation and
-padding are not left to it (the post_processor is removed from the JSON it gets): exportable.text
-adds them with standard ops, as HF does, so truncation keeps the specials.
+Added tokens (<s>, <|endoftext|>, ...) are cut out of the text first, as HF does (text/added.py);
+each remaining run goes to onnxruntime-extensions' GPT2Tokenizer op (vocab + merges from the
+pipeline's JSON; the op's GPT-2 regex pre-tokenizer and byte-level BPE). On the project's
+1,200-string Unicode corpus that equals the Hugging Face fast tokenizer on every string but those
+holding NUL: the op reads its input as C strings, so "a\\x00b" reaches it as "a". Specials,
+truncation and padding are exportable's (standard ops), so truncation keeps the specials.
+
+GPT2Tokenizer, not the newer HfJsonTokenizer (exact too): the Maven build of the extensions
+(0.13.0, the native library the Java and Go consumers load) has no HfJsonTokenizer ("is not a
+registered function/op").
 
 The NUL repair: NUL and \\x01 are both single bytes of one regex class ([^\\s\\p{L}\\p{N}]), and a
 vocabulary whose merges never touch either byte splits them identically, each always its own
@@ -21,6 +25,7 @@ import json
 from onnx import TensorProto
 
 from ..onnx_builder import CONTRIB, INT64, ML, MS, STRING, GraphBuilder
+from .added import added_tokens, split_added
 
 NUL, STANDIN = "\x00", "\x01"
 # ONNX Runtime's own Tokenizer op reads whole std::strings (NUL included); its padding must be a
@@ -67,24 +72,24 @@ def byte_level_problem(backend: dict) -> str | None:
 
 def byte_level_ids(b: GraphBuilder, texts: str, backend: dict) -> tuple[str, str]:
     """(ids [total], splits [len(texts) + 1]): each text's content ids (no specials, no padding).
-    `texts` must not be empty as a tensor (the caller appends a row) and no row may be truncated."""
+    `texts` must not be empty as a tensor (the caller appends a row)."""
     sent, marker_is_nul = _nul_as_standin(b, texts)
-    ids, mask = b.op("HfJsonTokenizer", [sent], ["bpe/ids", "bpe/mask"], domain=CONTRIB,
-                     types=[(INT64, 2), (INT64, 2)], tokenizer_config=_op_config(),
-                     tokenizer_vocab=json.dumps(_without_post_processing(backend), ensure_ascii=False))
-    values, splits = _ragged(b, ids, mask)
+    pieces = split_added(b, sent, added_tokens(backend), "bpe/added")
+    runs = b.op("Where", [pieces.is_added, b.const("bpe/no_text", ""), pieces.segments], "bpe/runs")
+    model = backend["model"]
+    merges = "\n".join(m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or [])
+    ids, mask = b.op("GPT2Tokenizer", [runs], ["bpe/ids", "bpe/mask"], domain=CONTRIB,
+                     types=[(INT64, 2), (INT64, 2)], vocab=json.dumps(model["vocab"], ensure_ascii=False),
+                     merges=merges, padding_length=-1)
+    # One more column per segment: an added token's id (a text run's slot stays masked).
+    ids = b.op("Concat", [ids, b.op("Unsqueeze", [pieces.added_ids, b.const("bpe/axis_u", [1])], "bpe/added_col")],
+               "bpe/ids_added", axis=1)
+    mask = b.op("Concat", [mask, b.op("Cast", [b.op("Unsqueeze", [pieces.is_added, b.const("bpe/axis_m", [1])],
+                                                    "bpe/is_added_col")], "bpe/added_mask", to=TensorProto.INT64)],
+                "bpe/mask_added", axis=1)
+    values, segment_splits = _ragged(b, ids, mask)
+    splits = b.op("Gather", [segment_splits, pieces.splits], "bpe/splits", axis=0)
     return _restore_nul(b, values, marker_is_nul, backend), splits
-
-
-def _op_config() -> str:
-    # HfJsonTokenizer picks its implementation by class name; GPT2Tokenizer selects byte-level BPE.
-    # No model_max_length: truncation is exportable's (after the NUL repair, with the specials kept).
-    return json.dumps({"tokenizer_class": "GPT2Tokenizer", "model_max_length": 1 << 40})
-
-
-def _without_post_processing(backend: dict) -> dict:
-    stripped = {k: v for k, v in backend.items() if k not in ("post_processor", "truncation", "padding")}
-    return {**stripped, "post_processor": None, "truncation": None, "padding": None}
 
 
 def _nul_as_standin(b: GraphBuilder, texts: str) -> tuple[str, str]:
@@ -116,7 +121,7 @@ def _ragged(b: GraphBuilder, ids: str, mask: str) -> tuple[str, str]:
     values = b.op("Compress", [b.op("Reshape", [ids, flat], "bpe/ids_flat"), keep], "bpe/values", axis=0)
     lengths = b.op("ReduceSum", [mask, b.const("bpe/axis1", [1])], "bpe/lengths", keepdims=0)
     ends = b.op("CumSum", [lengths, b.const("bpe/axis0", 0)], "bpe/ends")
-    return values, b.op("Concat", [b.const("bpe/zero", [0]), ends], "bpe/splits", axis=0)
+    return values, b.op("Concat", [b.const("bpe/zero", [0]), ends], "bpe/segment_splits", axis=0)
 
 
 def _restore_nul(b: GraphBuilder, values: str, marker_is_nul: str, backend: dict) -> str:
