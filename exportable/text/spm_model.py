@@ -1,0 +1,112 @@
+"""A sentencepiece ModelProto built from a Hugging Face backend tokenizer.json, so that the ortx
+SentencepieceTokenizer op (the sentencepiece library itself) runs HF's Unigram / byte-fallback
+BPE model and returns HF's ids.
+
+Piece i of the proto is HF id i, so the op's ids need no remapping.
+  Unigram  pieces and scores as in model.vocab; the Precompiled normalizer's charsmap is copied,
+           whitespace handled by sentencepiece as WhitespaceSplit + Metaspace(always) do.
+  BPE      sentencepiece merges the adjacent pair whose merged piece scores highest; HF merges the
+           pair of lowest rank. Scoring each piece -(rank of its first merge) makes the two agree
+           when model.merges lists every split of each piece into two vocabulary pieces, in
+           consecutive ranks (sentencepiece_problem checks this). Multi-character pieces no merge
+           produces become CONTROL pieces, which sentencepiece never emits (HF cannot reach them).
+"""
+
+from __future__ import annotations
+
+import base64
+
+from sentencepiece import sentencepiece_model_pb2 as spm_pb
+
+Piece = spm_pb.ModelProto.SentencePiece
+BYTE_PIECES = {f"<0x{i:02X}>" for i in range(256)}
+UNREACHABLE_SCORE = -1e9  # single characters: no merge produces them
+
+
+def unigram_proto(backend: dict) -> bytes:
+    model = backend["model"]
+    proto = _empty_proto(spm_pb.TrainerSpec.UNIGRAM, unk_id=model["unk_id"])
+    for i, (piece, score) in enumerate(model["vocab"]):
+        _add_piece(proto, piece, score, Piece.UNKNOWN if i == model["unk_id"] else Piece.NORMAL)
+    spec = proto.normalizer_spec
+    normalizer = backend.get("normalizer")
+    spec.name = "identity"
+    if normalizer is not None:
+        spec.name = "user_defined"
+        spec.precompiled_charsmap = base64.b64decode(normalizer["precompiled_charsmap"])
+    # WhitespaceSplit + Metaspace(prepend always, split): every word starts with one ▁.
+    spec.add_dummy_prefix = True
+    spec.remove_extra_whitespaces = True
+    spec.escape_whitespaces = True
+    return proto.SerializeToString()
+
+
+def bpe_proto(backend: dict) -> bytes:
+    model = backend["model"]
+    vocab = sorted(model["vocab"].items(), key=lambda item: item[1])
+    unk_id = model["vocab"][model.get("unk_token") or "<unk>"]
+    proto = _empty_proto(spm_pb.TrainerSpec.BPE, unk_id=unk_id)
+    proto.trainer_spec.byte_fallback = True
+    first_rank = merge_ranks(model["merges"])
+    for piece, i in vocab:
+        if i == unk_id:
+            _add_piece(proto, piece, 0.0, Piece.UNKNOWN)
+        elif piece in BYTE_PIECES:
+            _add_piece(proto, piece, 0.0, Piece.BYTE)
+        elif piece in first_rank:
+            _add_piece(proto, piece, -1.0 - first_rank[piece], Piece.NORMAL)
+        elif len(piece) == 1:
+            _add_piece(proto, piece, UNREACHABLE_SCORE, Piece.NORMAL)
+        else:
+            _add_piece(proto, piece, 0.0, Piece.CONTROL)
+    spec = proto.normalizer_spec
+    spec.name = "identity"
+    # Metaspace(prepend first, no split): ' ' -> ▁; the graph prepends the first segment's ▁.
+    spec.add_dummy_prefix = False
+    spec.remove_extra_whitespaces = False
+    spec.escape_whitespaces = True
+    return proto.SerializeToString()
+
+
+def merge_ranks(merges: list) -> dict[str, int]:
+    """merged piece -> rank of the first merge that produces it."""
+    first: dict[str, int] = {}
+    for rank, merge in enumerate(merges):
+        left, right = merge if isinstance(merge, list) else merge.split(" ", 1)
+        first.setdefault(left + right, rank)
+    return first
+
+
+def merges_problem(model: dict) -> str | None:
+    """Why sentencepiece's score-ordered merges would differ from HF's rank-ordered ones, or None."""
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ", 1)) for m in model["merges"]]
+    vocab = model["vocab"]
+    listed = set(merges)
+    last_piece, seen = None, set()
+    for rank, (left, right) in enumerate(merges):
+        piece = left + right
+        if piece not in vocab:
+            return f"model.merges[{rank}]: {left!r} + {right!r} makes a piece that is not in model.vocab"
+        if piece != last_piece and piece in seen:
+            return f"model.merges[{rank}]: the merges making {piece!r} are not in consecutive ranks"
+        seen.add(piece)
+        last_piece = piece
+    for piece in seen:
+        for cut in range(1, len(piece)):
+            left, right = piece[:cut], piece[cut:]
+            if left in vocab and right in vocab and (left, right) not in listed:
+                return f"model.merges: {left!r} + {right!r} -> {piece!r} is not a merge although all three are pieces"
+    return None
+
+
+def _empty_proto(model_type: int, unk_id: int) -> spm_pb.ModelProto:
+    proto = spm_pb.ModelProto()
+    trainer = proto.trainer_spec
+    trainer.model_type = model_type
+    trainer.unk_id, trainer.bos_id, trainer.eos_id, trainer.pad_id = unk_id, -1, -1, -1
+    return proto
+
+
+def _add_piece(proto: spm_pb.ModelProto, piece: str, score: float, kind: int) -> None:
+    entry = proto.pieces.add()
+    entry.piece, entry.score, entry.type = piece, score, kind
