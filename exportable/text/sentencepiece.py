@@ -25,13 +25,14 @@ import functools
 import json
 
 import numpy as np
-from onnx import TensorProto, helper
+from onnx import TensorProto
 from tokenizers import Tokenizer
 
-from ..onnx_builder import CONTRIB, INT64, MS, STRING, GraphBuilder
+from ..onnx_builder import CONTRIB, INT64, ML, MS, STRING, GraphBuilder
+from .ragged import dense_gather_index, split_bounds
+from .settings import TokenizerError
 from .spm_model import bpe_proto, merges_problem, unigram_proto
 
-STANDARD_STRING_SPLIT_OPSET = 20
 METASPACE = "\u2581"
 NUL_STANDINS = ("\ufffe", "\ufdd0", "\U0010ffff")  # noncharacters: unknown to any real vocabulary
 # Rust's char::is_whitespace (Unicode White_Space), which WhitespaceSplit splits on.
@@ -97,34 +98,109 @@ def _bpe_problem(backend: dict) -> str | None:
     missing = [f"<0x{i:02X}>" for i in range(256) if f"<0x{i:02X}>" not in model["vocab"]]
     if missing:
         return f"model.vocab: byte fallback without the piece {missing[0]}"
-    if any(METASPACE in piece[1:] for piece in model["vocab"]):
-        pass  # ▁ inside a piece is fine: split false keeps the whole text one word
     return merges_problem(model)
 
 
 def sentencepiece_segment_ids(b: GraphBuilder, segments: str, first: str, backend: dict) -> tuple[str, str]:
     """(ids int64 [total], splits int64 [N+1]): the content ids of each segment [N] (no specials);
     `first` [N] bool marks the first segment of each row (Metaspace prepend_scheme "first")."""
-    kind = sentencepiece_kind(backend)
     problem = sentencepiece_problem(backend)
     if problem is not None:
-        raise ValueError(problem)
+        raise TokenizerError(problem)
+    kind = sentencepiece_kind(backend)
     p = f"spm_{kind}"
+    # One extra "" segment: the NUL split below returns a rank-1 tensor for an empty batch.
+    segments = b.op("Concat", [segments, b.const(f"{p}/dummy_segment", [""])], f"{p}/segments", axis=0)
+    first = b.op("Concat", [first, b.const(f"{p}/dummy_first", [False])], f"{p}/first", axis=0)
+    parts, is_nul = _split_nul(b, segments, p)
     if kind == "unigram":
-        text = _replace_nul(b, segments, _nul_standin(backend), p)
-        text = _whitespace_to_space(b, text, backend, p)
-        proto = unigram_proto(backend)
+        ids, splits = _unigram_ids(b, parts, is_nul, backend, p)
     else:
-        text = _prepend_metaspace(b, segments, first, p)
-        proto = bpe_proto(backend)
-    return _spm_ids(b, text, proto, p)
+        ids, splits = _bpe_ids(b, parts, is_nul, first, backend, p)
+    real = b.op("Slice", [splits, b.const(f"{p}/0", [0]), b.const(f"{p}/-1", [-1])], f"{p}/splits")
+    return ids, real
+
+
+def _split_nul(b: GraphBuilder, segments: str, p: str) -> tuple[str, str]:
+    """parts [N, K]: each segment cut into its NUL characters and the runs between them, padded
+    with "" (ORT's contrib Tokenizer keeps NUL bytes; ortx ops would stop reading at NUL);
+    is_nul [N, K]."""
+    parts = b.op("Tokenizer", [segments], f"{p}/raw_parts", domain=MS, types=[(STRING, 2)], mark=0, mincharnum=1,
+                 pad_value="", tokenexp="\x00|[^\x00]+")
+    # One more "" column: a batch of empty segments would give K = 0, which Reshape cannot express.
+    rows = b.op("Concat", [_dim(b, segments, 0, f"{p}/n"), b.const(f"{p}/one_col", [1])], f"{p}/pad_shape", axis=0)
+    pad = b.op("Expand", [b.const(f"{p}/empty", [[""]]), rows], f"{p}/pad_col")
+    parts = b.op("Concat", [parts, pad], f"{p}/parts_padded", axis=1)
+    flag = b.op("LabelEncoder", [parts], f"{p}/is_nul_int", domain=ML, keys_strings=["\x00"], values_int64s=[1],
+                default_int64=0)
+    return parts, b.op("Cast", [flag], f"{p}/is_nul", to=TensorProto.BOOL)
+
+
+def _unigram_ids(b: GraphBuilder, parts: str, is_nul: str, backend: dict, p: str) -> tuple[str, str]:
+    parts = b.op("Where", [is_nul, b.const(f"{p}/nul_standin", _nul_standin(backend)), parts], f"{p}/standin_parts")
+    text = b.op("StringJoin", [parts, b.const(f"{p}/join_sep", ""), b.const(f"{p}/join_axis", 1)], f"{p}/text",
+                domain=CONTRIB, types=[(STRING, 1)])
+    text = _whitespace_to_space(b, text, backend, p)
+    return _spm_ids(b, text, unigram_proto(backend), p)
+
+
+def _bpe_ids(b: GraphBuilder, parts: str, is_nul: str, first: str, backend: dict, p: str) -> tuple[str, str]:
+    """Each part through sentencepiece on its own (NUL is a barrier: no piece contains it, so
+    no merge crosses it), a NUL part giving <0x00>; ▁ prepended to the first part of a row's
+    first segment (before a leading NUL too: HF prepends to the whole segment)."""
+    cols = b.op("Range", [b.const(f"{p}/c0", 0), b.op("Squeeze", [_dim(b, parts, 1, p), b.const(f"{p}/ax0", [0])],
+                                                       f"{p}/k"), b.const(f"{p}/c1", 1)], f"{p}/cols")
+    at_start = b.op("And", [b.op("Unsqueeze", [first, b.const(f"{p}/ax1", [1])], f"{p}/first2"),
+                            b.op("Equal", [cols, b.const(f"{p}/zero", 0)], f"{p}/col0")], f"{p}/at_start")
+    # A NUL part keeps "" for sentencepiece (its id is added below), or "▁" where ▁ goes first.
+    text = b.op("Where", [is_nul, b.const(f"{p}/nothing", ""), parts], f"{p}/text_parts")
+    prefixed = b.op("StringRegexReplace", [text, b.const(f"{p}/lead_pattern", f"^([^ {METASPACE}])"),
+                                           b.const(f"{p}/lead_rewrite", " \\1")],
+                    f"{p}/prefixed", domain=CONTRIB, types=[(STRING, 2)], global_replace=0)
+    before_nul = b.op("And", [at_start, is_nul], f"{p}/before_nul")
+    prefixed = b.op("Where", [before_nul, b.const(f"{p}/metaspace", METASPACE), prefixed], f"{p}/prefixed_nul")
+    text = b.op("Where", [at_start, prefixed, text], f"{p}/metaspaced")
+    flat = b.op("Reshape", [text, b.const(f"{p}/flat_shape", [-1])], f"{p}/flat_parts")
+    ids, part_splits = _spm_ids(b, flat, bpe_proto(backend), p)
+    nul_id = backend["model"]["vocab"]["<0x00>"]
+    nul_flat = b.op("Reshape", [is_nul, b.const(f"{p}/flat_shape2", [-1])], f"{p}/flat_is_nul")
+    return _append_after(b, ids, part_splits, nul_flat, nul_id, _dim(b, parts, 1, f"{p}/k2"), p)
+
+
+def _append_after(b: GraphBuilder, ids: str, splits: str, flags: str, value: int, per_row: str,
+                  p: str) -> tuple[str, str]:
+    """ids with `value` appended to each part whose flag is set, and the splits of rows made of
+    `per_row` consecutive parts."""
+    starts, _, lengths = split_bounds(b, splits, f"{p}/parts")
+    extra = b.op("Cast", [flags], f"{p}/extra", to=INT64)
+    new_lengths = b.op("Add", [lengths, extra], f"{p}/new_lengths")
+    table = b.op("Concat", [ids, b.const(f"{p}/appended", [value])], f"{p}/table", axis=0)
+    fill = b.op("Shape", [ids], f"{p}/appended_at")
+    index, valid = dense_gather_index(b, starts, new_lengths, fill, f"{p}/dense")
+    # Slots past a part's own ids read the appended value (the only extra slot is its NUL).
+    own = b.op("Less", [index, b.op("Unsqueeze", [b.op("Add", [starts, lengths], f"{p}/ends"),
+                                                   b.const(f"{p}/axis1", [1])], f"{p}/ends2")], f"{p}/own")
+    index = b.op("Where", [own, index, fill], f"{p}/index")
+    picked = b.op("Compress", [b.op("Reshape", [index, b.const(f"{p}/flat", [-1])], f"{p}/flat_index"),
+                               b.op("Reshape", [valid, b.const(f"{p}/flat_v", [-1])], f"{p}/flat_valid")],
+                  f"{p}/picked", axis=0)
+    out = b.op("Gather", [table, picked], f"{p}/with_nul", axis=0)
+    rows = b.op("Reshape", [new_lengths, b.op("Concat", [b.const(f"{p}/rows", [-1]), per_row], f"{p}/row_shape",
+                                                axis=0)], f"{p}/row_lengths")
+    row_lengths = b.op("ReduceSum", [rows, b.const(f"{p}/sum_axis", [1])], f"{p}/row_total", keepdims=0)
+    ends = b.op("CumSum", [row_lengths, b.const(f"{p}/cum_axis", 0)], f"{p}/row_ends")
+    return out, b.op("Concat", [b.const(f"{p}/split0", [0]), ends], f"{p}/row_splits", axis=0)
+
+
+def _dim(b: GraphBuilder, value: str, axis: int, p: str) -> str:
+    return b.op("Shape", [value], f"{p}/dim{axis}", start=axis, end=axis + 1)
 
 
 def _spm_ids(b: GraphBuilder, text: str, proto: bytes, p: str) -> tuple[str, str]:
     inputs = [text, b.const(f"{p}/nbest", np.int64(0)), b.const(f"{p}/alpha", np.float32(0)),
               b.const(f"{p}/add_bos", np.bool_(False)), b.const(f"{p}/add_eos", np.bool_(False)),
               b.const(f"{p}/reverse", np.bool_(False))]
-    ids32, splits = b.op("SentencepieceTokenizer", inputs, [f"{p}/ids32", f"{p}/splits"], domain=CONTRIB,
+    ids32, splits = b.op("SentencepieceTokenizer", inputs, [f"{p}/ids32", f"{p}/spm_splits"], domain=CONTRIB,
                          types=[(TensorProto.INT32, 1), (INT64, 1)], model=proto)
     return b.op("Cast", [ids32], f"{p}/ids", to=INT64), splits
 
@@ -141,18 +217,6 @@ def _nul_standin(backend: dict) -> str | None:
     return None
 
 
-def _replace_nul(b: GraphBuilder, text: str, standin: str, p: str) -> str:
-    """NUL -> `standin` with standard ops (ortx ops would stop reading at NUL)."""
-    if b.opset >= STANDARD_STRING_SPLIT_OPSET:
-        parts, _ = b.op("StringSplit", [text], [f"{p}/nul_parts", f"{p}/nul_counts"], delimiter="\x00")
-    else:
-        # No standard string op before opset 20; ORT's own contrib Tokenizer splits on a separator.
-        parts = b.op("Tokenizer", [text], f"{p}/nul_parts", domain=MS, types=[(STRING, 2)], mark=0, mincharnum=1,
-                     pad_value="", separators=["\x00"])
-    return b.op("StringJoin", [parts, b.const(f"{p}/nul_join", standin), b.const(f"{p}/nul_axis", 1)],
-                f"{p}/no_nul", domain=CONTRIB, types=[(STRING, 1)])
-
-
 def _whitespace_to_space(b: GraphBuilder, text: str, backend: dict, p: str) -> str:
     """HF splits normalized text at every Unicode whitespace character; sentencepiece only at
     ' '. Characters the charsmap maps to whitespace become ' ' either way; those it keeps
@@ -164,13 +228,6 @@ def _whitespace_to_space(b: GraphBuilder, text: str, backend: dict, p: str) -> s
     pattern = "[" + "".join(f"\\x{{{ord(c):04X}}}" for c in kept) + "]"
     return b.op("StringRegexReplace", [text, b.const(f"{p}/ws_pattern", pattern), b.const(f"{p}/ws_space", " ")],
                 f"{p}/ws_text", domain=CONTRIB, types=[(STRING, 1)])
-
-
-def _prepend_metaspace(b: GraphBuilder, text: str, first: str, p: str) -> str:
-    prefixed = b.op("StringRegexReplace", [text, b.const(f"{p}/lead_pattern", f"^([^ {METASPACE}])"),
-                                           b.const(f"{p}/lead_rewrite", " \\1")],
-                    f"{p}/prefixed", domain=CONTRIB, types=[(STRING, 1)], global_replace=0)
-    return b.op("Where", [first, prefixed, text], f"{p}/metaspaced")
 
 
 def _normalize(backend: dict, text: str) -> str | None:

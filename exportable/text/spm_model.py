@@ -16,18 +16,22 @@ from __future__ import annotations
 
 import base64
 
-from sentencepiece import sentencepiece_model_pb2 as spm_pb
+from ..errors import MissingDependency
 
-Piece = spm_pb.ModelProto.SentencePiece
+try:
+    from sentencepiece import sentencepiece_model_pb2 as spm_pb
+except ImportError:  # only SentencePiece-kind exports need it
+    spm_pb = None
 BYTE_PIECES = {f"<0x{i:02X}>" for i in range(256)}
 UNREACHABLE_SCORE = -1e9  # single characters: no merge produces them
 
 
 def unigram_proto(backend: dict) -> bytes:
     model = backend["model"]
-    proto = _empty_proto(spm_pb.TrainerSpec.UNIGRAM, unk_id=model["unk_id"])
+    proto = _empty_proto("UNIGRAM", unk_id=model["unk_id"])
+    kinds = _piece_type()
     for i, (piece, score) in enumerate(model["vocab"]):
-        _add_piece(proto, piece, score, Piece.UNKNOWN if i == model["unk_id"] else Piece.NORMAL)
+        _add_piece(proto, piece, score, kinds.UNKNOWN if i == model["unk_id"] else kinds.NORMAL)
     spec = proto.normalizer_spec
     normalizer = backend.get("normalizer")
     spec.name = "identity"
@@ -45,20 +49,21 @@ def bpe_proto(backend: dict) -> bytes:
     model = backend["model"]
     vocab = sorted(model["vocab"].items(), key=lambda item: item[1])
     unk_id = model["vocab"][model.get("unk_token") or "<unk>"]
-    proto = _empty_proto(spm_pb.TrainerSpec.BPE, unk_id=unk_id)
+    proto = _empty_proto("BPE", unk_id=unk_id)
+    kinds = _piece_type()
     proto.trainer_spec.byte_fallback = True
     first_rank = merge_ranks(model["merges"])
     for piece, i in vocab:
         if i == unk_id:
-            _add_piece(proto, piece, 0.0, Piece.UNKNOWN)
+            _add_piece(proto, piece, 0.0, kinds.UNKNOWN)
         elif piece in BYTE_PIECES:
-            _add_piece(proto, piece, 0.0, Piece.BYTE)
+            _add_piece(proto, piece, 0.0, kinds.BYTE)
         elif piece in first_rank:
-            _add_piece(proto, piece, -1.0 - first_rank[piece], Piece.NORMAL)
+            _add_piece(proto, piece, -1.0 - first_rank[piece], kinds.NORMAL)
         elif len(piece) == 1:
-            _add_piece(proto, piece, UNREACHABLE_SCORE, Piece.NORMAL)
+            _add_piece(proto, piece, UNREACHABLE_SCORE, kinds.NORMAL)
         else:
-            _add_piece(proto, piece, 0.0, Piece.CONTROL)
+            _add_piece(proto, piece, 0.0, kinds.CONTROL)
     spec = proto.normalizer_spec
     spec.name = "identity"
     # Metaspace(prepend first, no split): ' ' -> ▁; the graph prepends the first segment's ▁.
@@ -99,14 +104,25 @@ def merges_problem(model: dict) -> str | None:
     return None
 
 
-def _empty_proto(model_type: int, unk_id: int) -> spm_pb.ModelProto:
-    proto = spm_pb.ModelProto()
+def _piece_type():
+    return _pb().ModelProto.SentencePiece
+
+
+def _pb():
+    if spm_pb is None:
+        raise MissingDependency("SentencePiece-style tokenizers (Unigram, byte-fallback BPE) need "
+                                "sentencepiece: pip install sentencepiece==0.2.3")
+    return spm_pb
+
+
+def _empty_proto(model_type: str, unk_id: int):
+    proto = _pb().ModelProto()
     trainer = proto.trainer_spec
-    trainer.model_type = model_type
+    trainer.model_type = _pb().TrainerSpec.ModelType.Value(model_type)
     trainer.unk_id, trainer.bos_id, trainer.eos_id, trainer.pad_id = unk_id, -1, -1, -1
     return proto
 
 
-def _add_piece(proto: spm_pb.ModelProto, piece: str, score: float, kind: int) -> None:
+def _add_piece(proto, piece: str, score: float, kind: int) -> None:
     entry = proto.pieces.add()
     entry.piece, entry.score, entry.type = piece, score, kind
