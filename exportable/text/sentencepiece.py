@@ -29,15 +29,15 @@ from onnx import TensorProto
 from tokenizers import Tokenizer
 
 from ..onnx_builder import CONTRIB, INT64, ML, MS, STRING, GraphBuilder
+from .normalize import code_point_ranges, regex_class
+from .precompiled import UNICODE_WHITESPACE, Charsmap, charsmap_of, precompiled_normalize
 from .ragged import dense_gather_index, split_bounds
 from .settings import TokenizerError
 from .spm_model import bpe_proto, merges_problem, unigram_proto
 
 METASPACE = "\u2581"
 NUL_STANDINS = ("\ufffe", "\ufdd0", "\U0010ffff")  # noncharacters: unknown to any real vocabulary
-# Rust's char::is_whitespace (Unicode White_Space), which WhitespaceSplit splits on.
-UNICODE_WHITESPACE = ("\t\n\x0b\x0c\r \x85\xa0\u1680" + "".join(chr(c) for c in range(0x2000, 0x200B))
-                      + "\u2028\u2029\u202f\u205f\u3000")
+MARK_CANDIDATES = "".join(chr(c) for c in range(1, 32) if chr(c) not in "\t\n\r")
 
 
 def sentencepiece_kind(backend: dict) -> str | None:
@@ -140,7 +140,11 @@ def _unigram_ids(b: GraphBuilder, parts: str, is_nul: str, backend: dict, p: str
     parts = b.op("Where", [is_nul, b.const(f"{p}/nul_standin", _nul_standin(backend)), parts], f"{p}/standin_parts")
     text = b.op("StringJoin", [parts, b.const(f"{p}/join_sep", ""), b.const(f"{p}/join_axis", 1)], f"{p}/text",
                 domain=CONTRIB, types=[(STRING, 1)])
-    text = _whitespace_to_space(b, text, backend, p)
+    charsmap = charsmap_of(backend)
+    if charsmap is None:
+        text = _whitespace_to_space(b, text, p)
+    else:
+        text = precompiled_normalize(b, text, charsmap, _mark(charsmap), f"{p}/normalize")
     return _spm_ids(b, text, unigram_proto(backend), p)
 
 
@@ -217,17 +221,19 @@ def _nul_standin(backend: dict) -> str | None:
     return None
 
 
-def _whitespace_to_space(b: GraphBuilder, text: str, backend: dict, p: str) -> str:
-    """HF splits normalized text at every Unicode whitespace character; sentencepiece only at
-    ' '. Characters the charsmap maps to whitespace become ' ' either way; those it keeps
-    (U+0085, U+1680, U+2028, ...) are made ' ' here."""
-    normalized = {c: _normalize(backend, c) for c in UNICODE_WHITESPACE if c != " "}
-    kept = [c for c, n in normalized.items() if n and not n.strip()]
-    if not kept:
-        return text
-    pattern = "[" + "".join(f"\\x{{{ord(c):04X}}}" for c in kept) + "]"
+def _whitespace_to_space(b: GraphBuilder, text: str, p: str) -> str:
+    """HF's WhitespaceSplit splits at every Unicode whitespace character, sentencepiece only at ' '."""
+    pattern = regex_class(code_point_ranges(sorted(ord(c) for c in UNICODE_WHITESPACE if c != " ")))
     return b.op("StringRegexReplace", [text, b.const(f"{p}/ws_pattern", pattern), b.const(f"{p}/ws_space", " ")],
                 f"{p}/ws_text", domain=CONTRIB, types=[(STRING, 1)])
+
+
+def _mark(charsmap: Charsmap) -> str:
+    """A control character the charsmap deletes: the normalizer's protect pass inserts it."""
+    for ch in MARK_CANDIDATES:
+        if charsmap.single.get(ch) == "":
+            return ch
+    raise TokenizerError("normalizer.precompiled_charsmap: keeps every control character; not supported")
 
 
 def _normalize(backend: dict, text: str) -> str | None:

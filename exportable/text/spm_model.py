@@ -14,8 +14,6 @@ Piece i of the proto is HF id i, so the op's ids need no remapping.
 
 from __future__ import annotations
 
-import base64
-
 from ..errors import MissingDependency
 
 try:
@@ -33,11 +31,8 @@ def unigram_proto(backend: dict) -> bytes:
     for i, (piece, score) in enumerate(model["vocab"]):
         _add_piece(proto, piece, score, kinds.UNKNOWN if i == model["unk_id"] else kinds.NORMAL)
     spec = proto.normalizer_spec
-    normalizer = backend.get("normalizer")
+    # The graph normalizes (precompiled.py: HF walks grapheme clusters, sentencepiece does not).
     spec.name = "identity"
-    if normalizer is not None:
-        spec.name = "user_defined"
-        spec.precompiled_charsmap = base64.b64decode(normalizer["precompiled_charsmap"])
     # WhitespaceSplit + Metaspace(prepend always, split): every word starts with one ▁.
     spec.add_dummy_prefix = True
     spec.remove_extra_whitespaces = True

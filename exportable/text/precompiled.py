@@ -1,0 +1,196 @@
+"""Hugging Face's Precompiled normalizer (the sentencepiece charsmap of XLM-R, T5, ALBERT) as
+ONNX string ops, exactly as `tokenizers` applies it, which is not how sentencepiece does.
+
+sentencepiece replaces the longest charsmap key at each position. `tokenizers` walks extended
+grapheme clusters instead: a cluster under 6 UTF-8 bytes is replaced whole by the value of the
+SHORTEST key that is a prefix of it, if any ("ｚ́" -> "z": the acute is dropped, because "ｚ"
+alone is a key); every other cluster is mapped character by character, so multi-character keys
+never apply inside a longer cluster ("ﾊﾟ", 6 bytes, stays "ハ" + U+309A where sentencepiece
+writes "パ"). The keys that matter besides single characters are "base + combining mark"
+pairs (NFC compositions, no shorter key), and the clusters under 6 bytes with two or more
+characters are a base of 1-3 bytes plus one or two extenders (GCB Extend, ZWJ, SpacingMark).
+
+So, in graph order:
+  protect   insert MARK (a character the table drops) between a key or pair base and extenders
+            that make its cluster 6 bytes or longer: those clusters go character by character
+  drop      a single-character key's remaining extenders are removed (its cluster is < 6 bytes)
+  compose   what is left of a pair is a whole cluster: split it off, StringMapping, join
+  table     every other character through the single-character map (char_graph.apply_char_table),
+            MARK dropped; Unicode whitespace the map keeps becomes ' ' (WhitespaceSplit's set)
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..onnx_builder import CONTRIB, SPLIT_TYPES, STRING, GraphBuilder
+from .char_graph import apply_char_table
+from .normalize import CharTable, code_point_ranges, regex_class
+from .ragged import join_rows
+
+MAX_CLUSTER = 6  # tokenizers' Precompiled: "if grapheme.len() < 6"
+# Rust's char::is_whitespace (Unicode White_Space), which WhitespaceSplit splits on.
+UNICODE_WHITESPACE = ("\t\n\x0b\x0c\r \x85\xa0\u1680" + "".join(chr(c) for c in range(0x2000, 0x200B))
+                      + "\u2028\u2029\u202f\u205f\u3000")
+
+
+@dataclass(frozen=True)
+class Charsmap:
+    single: dict[str, str]  # one-character key -> value
+    pairs: dict[str, str]  # two-character key under 6 bytes whose first character is no key -> value
+
+
+def parse_charsmap(blob: bytes) -> Charsmap:
+    """The keys of a sentencepiece precompiled charsmap (darts-clone double array + values)
+    that can ever apply in tokenizers' walk: single characters and pairs under 6 bytes."""
+    size = struct.unpack("<I", blob[:4])[0]
+    units = np.frombuffer(blob[4:4 + size], dtype="<u4").astype(np.int64)
+    values = blob[4 + size:]
+    keys = _trie_keys(units, values, max_bytes=MAX_CLUSTER - 1)
+    text = {k.decode("utf-8"): v.decode("utf-8") for k, v in keys.items() if _utf8(k)}
+    single = {k: v for k, v in text.items() if len(k) == 1}
+    pairs = {k: v for k, v in text.items() if len(k) == 2 and k[0] not in single}
+    return Charsmap(single, pairs)
+
+
+def _utf8(key: bytes) -> bool:
+    try:
+        key.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _trie_keys(units: np.ndarray, values: bytes, max_bytes: int) -> dict[bytes, bytes]:
+    def offset(unit):
+        return (unit >> 10) << ((unit & (1 << 9)) >> 6)
+
+    labels = np.arange(1, 256, dtype=np.int64)
+    keys: dict[bytes, bytes] = {}
+    stack = [(int(offset(units[0])), b"")]
+    while stack:
+        pos, key = stack.pop()
+        if len(key) >= max_bytes:
+            continue
+        child = pos ^ labels
+        inside = child < len(units)
+        found = inside.copy()
+        found[inside] = (units[child[inside]] & ((1 << 31) | 0xFF)) == labels[inside]
+        for label, at in zip(labels[found].tolist(), child[found].tolist()):
+            unit = int(units[at])
+            nxt = at ^ int(offset(unit))
+            if (unit >> 8) & 1:
+                start = int(units[nxt]) & ((1 << 31) - 1)
+                keys[key + bytes([label])] = values[start:values.index(b"\0", start)]
+            stack.append((nxt, key + bytes([label])))
+    return keys
+
+
+def extenders() -> frozenset[str]:
+    """Characters that continue an extended grapheme cluster (GB9, GB9a)."""
+    return _grapheme_class(r"[\p{Grapheme_Cluster_Break=Extend}\p{Grapheme_Cluster_Break=ZWJ}"
+                           r"\p{Grapheme_Cluster_Break=SpacingMark}]")
+
+
+def breakers() -> frozenset[str]:
+    """Characters with a cluster boundary on both sides (GB4, GB5): nothing extends them."""
+    return _grapheme_class(r"[\p{Grapheme_Cluster_Break=Control}\p{Grapheme_Cluster_Break=CR}"
+                           r"\p{Grapheme_Cluster_Break=LF}]")
+
+
+@functools.lru_cache(maxsize=4)
+def _grapheme_class(pattern: str) -> frozenset[str]:
+    import regex  # noqa: PLC0415  # a transformers dependency; only exports with a charsmap need it
+
+    compiled = regex.compile(pattern)
+    return frozenset(chr(cp) for cp in range(0x110000) if not 0xD800 <= cp <= 0xDFFF and compiled.match(chr(cp)))
+
+
+def charsmap_table(charsmap: Charsmap, mark: str) -> CharTable:
+    """The per-character map, whitespace included: every Unicode whitespace character that the
+    map keeps or maps to ' ' becomes ' ' (HF splits words at all of them)."""
+    drop, space, mapping = [], [], {}
+    for ch, value in charsmap.single.items():
+        if value == "":
+            drop.append(ord(ch))
+        elif value == " " or (not value.strip() and len(value) == 1):
+            space.append(ord(ch))
+        else:
+            mapping[ch] = value
+    space += [ord(c) for c in UNICODE_WHITESPACE if c != " " and c not in charsmap.single]
+    drop.append(ord(mark))
+    return CharTable(drop=code_point_ranges(sorted(set(drop))), space=code_point_ranges(sorted(set(space))),
+                     isolate=(), mapping=mapping)
+
+
+def precompiled_normalize(b: GraphBuilder, text: str, charsmap: Charsmap, mark: str, p: str) -> str:
+    """`text` [N] normalized as tokenizers' Precompiled normalizer does, Unicode whitespace as ' '."""
+    ext = extenders()
+    e2 = sorted(c for c in ext if len(c.encode()) == 2)
+    e3 = sorted(c for c in ext if len(c.encode()) == 3)
+    anyx = _cls(ext)
+    # A cluster starts at a key unless the key extends the one before; controls stand alone.
+    alone = ext | breakers()
+    keys2 = [c for c in charsmap.single if len(c.encode()) == 2 and c not in alone]
+    keys3 = [c for c in charsmap.single if len(c.encode()) == 3 and c not in alone]
+    pair_bases = {n: sorted({k[0] for k in charsmap.pairs if len(k[0].encode()) == n}) for n in (1, 2, 3)}
+    pair_marks = _cls({k[1] for k in charsmap.pairs})
+    m = mark  # a rewrite takes the character itself (RE2: "invalid rewrite pattern: \\1\\x{1}\\2")
+    # protect: clusters of 6 bytes or more keep every character.
+    rules = [
+        (f"({_cls(keys2)})({_cls(e2)}{anyx}|{_cls(e3)}{anyx})", f"\\1{m}\\2"),  # 2 + 2 + x, 2 + 3 + x
+        (f"({_cls(keys3)})({_cls(e2)}{anyx}|{_cls(e3)})", f"\\1{m}\\2"),  # 3 + 2 + x, 3 + 3
+    ]
+    if pair_bases[1]:
+        rules.append((f"({_cls(pair_bases[1])})({pair_marks})({_cls(e2)}{anyx}|{_cls(e3)})", f"\\1{m}\\2\\3"))
+    if pair_bases[2] or pair_bases[3]:
+        rules.append((f"({_cls(pair_bases[2] + pair_bases[3])})({pair_marks})({anyx})", f"\\1{m}\\2\\3"))
+    # drop: a key's cluster under 6 bytes is its value; the extenders left after protect go.
+    rules.append((f"({_cls(keys2)}){_cls(e2 + e3)}|({_cls(keys3)}){_cls(e2)}", "\\1\\2"))
+    if pair_bases[1]:
+        alternation = "|".join(_escape(k) for k in sorted(charsmap.pairs) if len(k[0].encode()) == 1)
+        rules.append((f"({alternation}){_cls(e2)}", "\\1"))
+    for i, (pattern, rewrite) in enumerate(rules):
+        text = b.op("StringRegexReplace", [text, b.const(f"{p}/cluster{i}_pattern", pattern),
+                                           b.const(f"{p}/cluster{i}_rewrite", rewrite)],
+                    f"{p}/cluster{i}", domain=CONTRIB, types=[(STRING, 1)])
+    if charsmap.pairs:
+        text = _compose_pairs(b, text, charsmap.pairs, p)
+    return apply_char_table(b, text, charsmap_table(charsmap, mark))
+
+
+def _compose_pairs(b: GraphBuilder, text: str, pairs: dict[str, str], p: str) -> str:
+    alternation = "|".join(_escape(k) for k in sorted(pairs, key=lambda k: (-len(k.encode()), k)))
+    runs, _, _, splits = b.op("StringRegexSplitWithOffsets",
+                              [text, b.const(f"{p}/pair_pattern", f"({alternation})"),
+                               b.const(f"{p}/pair_keep", "(?s).+")],
+                              [f"{p}/pair_runs", f"{p}/pair_begins", f"{p}/pair_ends", f"{p}/pair_splits"],
+                              domain=CONTRIB, types=SPLIT_TYPES)
+    mapped = b.op("StringMapping", [runs], f"{p}/pair_mapped", domain=CONTRIB, types=[(STRING, 1)],
+                  map="\n".join(f"{k}\t{v}" for k, v in sorted(pairs.items())))
+    return join_rows(b, mapped, splits, f"{p}/pair_join")
+
+
+def _cls(chars) -> str:
+    return regex_class(code_point_ranges(sorted(ord(c) for c in set(chars))))
+
+
+def _escape(s: str) -> str:
+    return "".join(f"\\x{{{ord(c):X}}}" for c in s)
+
+
+def charsmap_of(backend: dict) -> Charsmap | None:
+    normalizer = backend.get("normalizer")
+    if normalizer is None:
+        return None
+    return _parse_cached(normalizer["precompiled_charsmap"])
+
+
+@functools.lru_cache(maxsize=2)
+def _parse_cached(encoded: str) -> Charsmap:
+    return parse_charsmap(base64.b64decode(encoded))
