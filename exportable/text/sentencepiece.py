@@ -28,7 +28,7 @@ import numpy as np
 from onnx import TensorProto
 from tokenizers import Tokenizer
 
-from ..onnx_builder import CONTRIB, INT64, ML, MS, STRING, GraphBuilder
+from ..onnx_builder import CONTRIB, INT64, ML, MS, SPLIT_TYPES, STRING, GraphBuilder
 from .normalize import code_point_ranges, regex_class
 from .precompiled import UNICODE_WHITESPACE, Charsmap, charsmap_of, precompiled_normalize
 from .ragged import dense_gather_index, split_bounds
@@ -145,7 +145,17 @@ def _unigram_ids(b: GraphBuilder, parts: str, is_nul: str, backend: dict, p: str
         text = _whitespace_to_space(b, text, p)
     else:
         text = precompiled_normalize(b, text, charsmap, _mark(charsmap), f"{p}/normalize")
-    return _spm_ids(b, text, unigram_proto(backend), p)
+    return _per_word(b, text, unigram_proto(backend), p)
+
+
+def _per_word(b: GraphBuilder, text: str, proto: bytes, p: str) -> tuple[str, str]:
+    """sentencepiece on each ' '-separated word (HF's Viterbi runs per word too): its float32
+    path scores stay small enough for the quantized piece scores to add up exactly (spm_model)."""
+    words, _, _, text_splits = b.op(
+        "StringRegexSplitWithOffsets", [text, b.const(f"{p}/space_pattern", "( +)"), b.const(f"{p}/space_keep", "")],
+        [f"{p}/words", f"{p}/word_begins", f"{p}/word_ends", f"{p}/text_splits"], domain=CONTRIB, types=SPLIT_TYPES)
+    ids, word_splits = _spm_ids(b, words, proto, p)
+    return ids, b.op("Gather", [word_splits, text_splits], f"{p}/text_piece_splits", axis=0)
 
 
 def _bpe_ids(b: GraphBuilder, parts: str, is_nul: str, first: str, backend: dict, p: str) -> tuple[str, str]:

@@ -21,6 +21,8 @@ try:
 except ImportError:  # only SentencePiece-kind exports need it
     spm_pb = None
 BYTE_PIECES = {f"<0x{i:02X}>" for i in range(256)}
+SCORE_BITS = 14
+SCORE_STEP = 2.0 ** -SCORE_BITS
 UNREACHABLE_SCORE = -1e9  # single characters: no merge produces them
 
 
@@ -29,7 +31,7 @@ def unigram_proto(backend: dict) -> bytes:
     proto = _empty_proto("UNIGRAM", unk_id=model["unk_id"])
     kinds = _piece_type()
     for i, (piece, score) in enumerate(model["vocab"]):
-        _add_piece(proto, piece, score, kinds.UNKNOWN if i == model["unk_id"] else kinds.NORMAL)
+        _add_piece(proto, piece, quantize(score), kinds.UNKNOWN if i == model["unk_id"] else kinds.NORMAL)
     spec = proto.normalizer_spec
     # The graph normalizes (precompiled.py: HF walks grapheme clusters, sentencepiece does not).
     spec.name = "identity"
@@ -66,6 +68,17 @@ def bpe_proto(backend: dict) -> bytes:
     spec.remove_extra_whitespaces = False
     spec.escape_whitespaces = True
     return proto.SerializeToString()
+
+
+def quantize(score: float) -> float:
+    """`score` on a grid of SCORE_STEP. HF adds path scores in float64, exactly: two
+    segmentations with the same pieces in another order tie, and the one whose last piece starts
+    first wins. The op adds them in float32, where (p + a) + b and (p + b) + a round apart and
+    the tie goes either way ("www" -> w + ww in HF, ww + w in the op). On the grid, float32 sums
+    stay exact while a word's score stays above -2**(24 - SCORE_BITS) (-1024: about 100 pieces),
+    so ties are ties and the op breaks them as HF does; the grid moves each piece's score by at
+    most SCORE_STEP / 2 (3e-5)."""
+    return round(score / SCORE_STEP) * SCORE_STEP
 
 
 def merge_ranks(merges: list) -> dict[str, int]:

@@ -1,0 +1,142 @@
+"""The SentencePiece kinds in the graph (Unigram as XLM-R, byte-fallback BPE as Llama) against
+the Hugging Face fast tokenizer as transformers loads it, on the Unicode corpus.
+
+Vocabularies are trained here with the sentencepiece trainer (seeded corpus, small vocab) and
+loaded through transformers' own XLMRobertaTokenizer / LlamaTokenizer, saved, and reloaded with
+AutoTokenizer, so every expected id comes from Hugging Face, never from exportable.
+"""
+
+import json
+import shutil
+
+import numpy as np
+import onnxruntime as ort
+import onnxruntime_extensions
+import pytest
+from onnx import TensorProto, helper
+
+from exportable.onnx_builder import GraphBuilder
+from exportable.text.corpus import tokenizer_corpus
+from exportable.text.sentencepiece import sentencepiece_problem, sentencepiece_segment_ids
+from exportable.text.settings import TokenizerError
+
+CORPUS = tokenizer_corpus()
+KINDS = ("unigram", "bpe")
+
+
+def _train(kind: str, folder) -> str:
+    import sentencepiece as spm
+
+    from exportable import samples
+
+    texts = samples.sentences(400, seed=3) + tokenizer_corpus(seed=5, size=600)
+    texts = [t.replace("\x00", "") for t in texts if t.strip()]
+    prefix = str(folder / kind)
+    options = dict(byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1) if kind == "bpe" else {}
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_prefix=prefix, vocab_size=1200,
+                                   model_type=kind, character_coverage=0.98, hard_vocab_limit=False,
+                                   num_threads=1, minloglevel=2, **options)
+    return prefix + ".model"
+
+
+@pytest.fixture(scope="module")
+def tokenizers(tmp_path_factory):
+    from transformers import AutoTokenizer, LlamaTokenizer, XLMRobertaTokenizer
+
+    root = tmp_path_factory.mktemp("spm")
+    loaded = {}
+    for kind, cls, file_name in (("unigram", XLMRobertaTokenizer, "sentencepiece.bpe.model"),
+                                 ("bpe", LlamaTokenizer, "tokenizer.model")):
+        source = root / f"{kind}_src"
+        source.mkdir()
+        shutil.copy(_train(kind, root), source / file_name)
+        cls.from_pretrained(str(source)).save_pretrained(str(root / kind))
+        loaded[kind] = AutoTokenizer.from_pretrained(str(root / kind))
+    return loaded
+
+
+def _graph_runner(backend: dict):
+    b = GraphBuilder(17)
+    ids, splits = sentencepiece_segment_ids(b, "segments", "first", backend)
+    b.op("Identity", [ids], "ids")
+    b.op("Identity", [splits], "splits")
+    model = b.model("spm_test", [helper.make_tensor_value_info("segments", TensorProto.STRING, ["n"]),
+                                 helper.make_tensor_value_info("first", TensorProto.BOOL, ["n"])],
+                    [helper.make_tensor_value_info("ids", TensorProto.INT64, ["total"]),
+                     helper.make_tensor_value_info("splits", TensorProto.INT64, ["n1"])])
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(onnxruntime_extensions.get_library_path())
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+    def run(texts, first=None):
+        first = np.ones(len(texts), bool) if first is None else np.array(first, bool)
+        ids, splits = session.run(["ids", "splits"], {"segments": np.array(texts, dtype=object), "first": first})
+        assert splits.shape == (len(texts) + 1,)
+        return [ids[splits[i]:splits[i + 1]].tolist() for i in range(len(texts))]
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def runners(tokenizers):
+    return {kind: _graph_runner(json.loads(tok.backend_tokenizer.to_str())) for kind, tok in tokenizers.items()}
+
+
+def _without_added(tok) -> list[str]:
+    # Texts with an added token written in them ("<s>") are cut by the shared stage before this one.
+    added = [t.content for t in tok.added_tokens_decoder.values()]
+    return [t for t in CORPUS if not any(a in t for a in added)]
+
+
+@pytest.mark.parametrize("batch", [1, 7, 32])
+@pytest.mark.parametrize("kind", KINDS)
+def test_ids_equal_hf_on_the_corpus(tokenizers, runners, kind, batch):
+    tok, run = tokenizers[kind], runners[kind]
+    texts = _without_added(tok)
+    assert len(texts) > 0.95 * len(CORPUS)
+    assert any("\x00" in t for t in texts) and "" in texts
+    want = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    got = [ids for i in range(0, len(texts), batch) for ids in run(texts[i:i + batch])]
+    wrong = [(t, w, g) for t, w, g in zip(texts, want, got) if w != g]
+    assert not wrong, f"{len(wrong)} of {len(texts)} differ, first: {wrong[0]!r}"
+
+
+def test_empty_batch(runners):
+    for run in runners.values():
+        assert run([]) == []
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("text", ["hello</s> world", "hello</s>world", "</s>world", "a </s> b</s>", "x</s>"])
+def test_segments_around_an_added_token(tokenizers, runners, kind, text):
+    """A row cut at an added token, as the shared stage cuts it: only the first segment is
+    `first` (Metaspace prepend_scheme "first" prepends ▁ there only; "always" everywhere)."""
+    tok, run = tokenizers[kind], runners[kind]
+    segments = text.split("</s>")
+    ids = run(segments, first=[True] + [False] * (len(segments) - 1))
+    joined = ids[0]
+    for more in ids[1:]:
+        joined = joined + [tok.convert_tokens_to_ids("</s>")] + more
+    assert joined == tok(text, add_special_tokens=False)["input_ids"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_unsupported_components_are_named(tokenizers, kind):
+    backend = json.loads(tokenizers[kind].backend_tokenizer.to_str())
+    assert sentencepiece_problem(backend) is None
+    lowercase = {**backend, "normalizer": {"type": "Lowercase"}}
+    assert sentencepiece_problem(lowercase).startswith("normalizer: Lowercase is not supported")
+    split = {**backend, "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "x"}, "behavior": "Isolated"}}
+    assert sentencepiece_problem(split).startswith("pre_tokenizer: Split is not supported")
+    with pytest.raises(TokenizerError, match="normalizer: Lowercase"):
+        sentencepiece_segment_ids(GraphBuilder(17), "segments", "first", lowercase)
+
+
+def test_bpe_merges_sentencepiece_cannot_order_are_refused(tokenizers):
+    backend = json.loads(tokenizers["bpe"].backend_tokenizer.to_str())
+    merges = [tuple(m) for m in backend["model"]["merges"]]
+    made = [left + right for left, right in merges]
+    # Drop one of two merges that make the same piece: sentencepiece would still make it that way.
+    rank = next(i for i in range(1, len(made)) if made[i] == made[i - 1])
+    backend["model"]["merges"] = [list(m) for m in merges[:rank] + merges[rank + 1:]]
+    assert sentencepiece_problem(backend).startswith("model.merges: ")
