@@ -32,6 +32,7 @@ from ..onnx_builder import CONTRIB, SPLIT_TYPES, STRING, GraphBuilder
 from .char_graph import apply_char_table
 from .normalize import CharTable, code_point_ranges, regex_class
 from .ragged import join_rows
+from .settings import TokenizerError
 
 MAX_CLUSTER = 6  # tokenizers' Precompiled: "if grapheme.len() < 6"
 # Rust's char::is_whitespace (Unicode White_Space), which WhitespaceSplit splits on.
@@ -97,6 +98,11 @@ def extenders() -> frozenset[str]:
                            r"\p{Grapheme_Cluster_Break=SpacingMark}]")
 
 
+def prepends() -> frozenset[str]:
+    """Characters that the next character extends (GB9b)."""
+    return _grapheme_class(r"\p{Grapheme_Cluster_Break=Prepend}")
+
+
 def breakers() -> frozenset[str]:
     """Characters with a cluster boundary on both sides (GB4, GB5): nothing extends them."""
     return _grapheme_class(r"[\p{Grapheme_Cluster_Break=Control}\p{Grapheme_Cluster_Break=CR}"
@@ -131,30 +137,35 @@ def charsmap_table(charsmap: Charsmap, mark: str) -> CharTable:
 def precompiled_normalize(b: GraphBuilder, text: str, charsmap: Charsmap, mark: str, p: str) -> str:
     """`text` [N] normalized as tokenizers' Precompiled normalizer does, Unicode whitespace as ' '."""
     ext = extenders()
-    e2 = sorted(c for c in ext if len(c.encode()) == 2)
-    e3 = sorted(c for c in ext if len(c.encode()) == 3)
+    by_size = {n: _cls(c for c in ext if len(c.encode()) == n) for n in (2, 3, 4)}
     anyx = _cls(ext)
     # A cluster starts at a key unless the key extends the one before; controls stand alone.
     alone = ext | breakers()
-    keys2 = [c for c in charsmap.single if len(c.encode()) == 2 and c not in alone]
-    keys3 = [c for c in charsmap.single if len(c.encode()) == 3 and c not in alone]
-    pair_bases = {n: sorted({k[0] for k in charsmap.pairs if len(k[0].encode()) == n}) for n in (1, 2, 3)}
-    pair_marks = _cls({k[1] for k in charsmap.pairs})
+    keys = {n: [c for c in charsmap.single if len(c.encode()) == n and c not in alone] for n in (2, 3)}
+    pair_groups: dict[tuple[int, int], list[str]] = {}
+    for pair in charsmap.pairs:
+        pair_groups.setdefault((len(pair[0].encode()), len(pair[1].encode())), []).append(pair)
     m = mark  # a rewrite takes the character itself (RE2: "invalid rewrite pattern: \\1\\x{1}\\2")
-    # protect: clusters of 6 bytes or more keep every character.
-    rules = [
-        (f"({_cls(keys2)})({_cls(e2)}{anyx}|{_cls(e3)}{anyx})", f"\\1{m}\\2"),  # 2 + 2 + x, 2 + 3 + x
-        (f"({_cls(keys3)})({_cls(e2)}{anyx}|{_cls(e3)})", f"\\1{m}\\2"),  # 3 + 2 + x, 3 + 3
-    ]
-    if pair_bases[1]:
-        rules.append((f"({_cls(pair_bases[1])})({pair_marks})({_cls(e2)}{anyx}|{_cls(e3)})", f"\\1{m}\\2\\3"))
-    if pair_bases[2] or pair_bases[3]:
-        rules.append((f"({_cls(pair_bases[2] + pair_bases[3])})({pair_marks})({anyx})", f"\\1{m}\\2\\3"))
-    # drop: a key's cluster under 6 bytes is its value; the extenders left after protect go.
-    rules.append((f"({_cls(keys2)}){_cls(e2 + e3)}|({_cls(keys3)}){_cls(e2)}", "\\1\\2"))
-    if pair_bases[1]:
-        alternation = "|".join(_escape(k) for k in sorted(charsmap.pairs) if len(k[0].encode()) == 1)
-        rules.append((f"({alternation}){_cls(e2)}", "\\1"))
+    prepend = prepends()
+    if any(c in charsmap.single for c in prepend):
+        raise TokenizerError("normalizer.precompiled_charsmap: maps a Prepend character; not supported")
+    # protect: a cluster that a Prepend character starts (GB9b) or that reaches 6 bytes keeps
+    # every character: MARK after its head stops the rules below.
+    rules = [(f"({_cls(prepend)})({_not(breakers())})({anyx})", f"\\1\\2{m}\\3")]
+    for size, chars in keys.items():
+        if chars:
+            rules.append((f"({_cls(chars)})({_too_long(MAX_CLUSTER - 1 - size, by_size, anyx)})", f"\\1{m}\\2"))
+    for (base, mark_size), pairs in sorted(pair_groups.items()):
+        tail = _too_long(MAX_CLUSTER - 1 - base - mark_size, by_size, anyx)
+        rules.append((f"({_cls(p[0] for p in pairs)})({_cls(p[1] for p in pairs)}(?:{tail}))", f"\\1{m}\\2"))
+    # drop: what still follows a head is the rest of a cluster under 6 bytes, which becomes the
+    # head's value alone.
+    heads = [c for chars in keys.values() for c in chars]
+    if heads:
+        rules.append((f"({_cls(heads)}){anyx}+", "\\1"))
+    if charsmap.pairs:
+        alternation = "|".join(_escape(k) for k in sorted(charsmap.pairs))
+        rules.append((f"({alternation}){anyx}+", "\\1"))
     for i, (pattern, rewrite) in enumerate(rules):
         text = b.op("StringRegexReplace", [text, b.const(f"{p}/cluster{i}_pattern", pattern),
                                            b.const(f"{p}/cluster{i}_rewrite", rewrite)],
@@ -178,6 +189,17 @@ def _compose_pairs(b: GraphBuilder, text: str, pairs: dict[str, str], p: str) ->
 
 def _cls(chars) -> str:
     return regex_class(code_point_ranges(sorted(ord(c) for c in set(chars))))
+
+
+def _too_long(budget: int, by_size: dict[int, str], anyx: str) -> str:
+    """Regex for the shortest runs of extenders longer than `budget` bytes."""
+    options = [by_size[n] for n in by_size if n > budget]
+    options += [by_size[n] + f"(?:{_too_long(budget - n, by_size, anyx)})" for n in by_size if n <= budget]
+    return "|".join(options)
+
+
+def _not(chars) -> str:
+    return "[^" + _cls(chars)[1:]
 
 
 def _escape(s: str) -> str:
