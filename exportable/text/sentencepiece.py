@@ -25,13 +25,13 @@ import functools
 import json
 
 import numpy as np
-from onnx import TensorProto
+from onnx import TensorProto, helper
 from tokenizers import Tokenizer
 
 from ..onnx_builder import CONTRIB, INT64, ML, MS, SPLIT_TYPES, STRING, GraphBuilder
 from .normalize import code_point_ranges, regex_class
 from .precompiled import UNICODE_WHITESPACE, Charsmap, charsmap_of, precompiled_normalize
-from .ragged import dense_gather_index, split_bounds
+from .ragged import split_bounds
 from .settings import TokenizerError
 from .spm_model import bpe_proto, merges_problem, unigram_proto
 
@@ -184,30 +184,42 @@ def _bpe_ids(b: GraphBuilder, parts: str, is_nul: str, first: str, backend: dict
 def _append_after(b: GraphBuilder, ids: str, splits: str, flags: str, value: int, per_row: str,
                   p: str) -> tuple[str, str]:
     """ids with `value` appended to each part whose flag is set, and the splits of rows made of
-    `per_row` consecutive parts."""
-    starts, _, lengths = split_bounds(b, splits, f"{p}/parts")
-    extra = b.op("Cast", [flags], f"{p}/extra", to=INT64)
-    new_lengths = b.op("Add", [lengths, extra], f"{p}/new_lengths")
-    table = b.op("Concat", [ids, b.const(f"{p}/appended", [value])], f"{p}/table", axis=0)
-    fill = b.op("Shape", [ids], f"{p}/appended_at")
-    index, valid = dense_gather_index(b, starts, new_lengths, fill, f"{p}/dense")
-    # Slots past a part's own ids read the appended value (the only extra slot is its NUL).
-    own = b.op("Less", [index, b.op("Unsqueeze", [b.op("Add", [starts, lengths], f"{p}/ends"),
-                                                   b.const(f"{p}/axis1", [1])], f"{p}/ends2")], f"{p}/own")
-    index = b.op("Where", [own, index, fill], f"{p}/index")
-    picked = b.op("Compress", [b.op("Reshape", [index, b.const(f"{p}/flat", [-1])], f"{p}/flat_index"),
-                               b.op("Reshape", [valid, b.const(f"{p}/flat_v", [-1])], f"{p}/flat_valid")],
-                  f"{p}/picked", axis=0)
-    out = b.op("Gather", [table, picked], f"{p}/with_nul", axis=0)
+    `per_row` consecutive parts. Each id moves right by the number of flagged parts that end at
+    or before it (a [ids, flagged] comparison: flagged parts, i.e. NULs, are rare)."""
+    p = f"{p}/append"
+    _, ends, lengths = split_bounds(b, splits, f"{p}/parts")
+    flagged_ends = b.op("Compress", [ends, flags], f"{p}/flagged_ends", axis=0)
+    n_flagged = b.op("Shape", [flagged_ends], f"{p}/n_flagged")
+    n_ids = b.op("Shape", [ids], f"{p}/n_ids")
+    zero, one = b.const(f"{p}/zero", 0), b.const(f"{p}/one", 1)
+    positions = b.op("Range", [zero, b.op("Squeeze", [n_ids], f"{p}/n_ids0"), one], f"{p}/positions")
+    before = b.op("LessOrEqual", [b.op("Unsqueeze", [flagged_ends, b.const(f"{p}/ax0", [0])], f"{p}/ends_row"),
+                                  b.op("Unsqueeze", [positions, b.const(f"{p}/ax1", [1])], f"{p}/pos_col")],
+                  f"{p}/flag_before")
+    shift = b.op("ReduceSum", [b.op("Cast", [before], f"{p}/flag_before_int", to=INT64),
+                               b.const(f"{p}/sum1", [1])], f"{p}/shift", keepdims=0)
+    id_at = b.op("Add", [positions, shift], f"{p}/id_at")
+    rank = b.op("Range", [zero, b.op("Squeeze", [n_flagged], f"{p}/n_flagged0"), one], f"{p}/flag_rank")
+    value_at = b.op("Add", [flagged_ends, rank], f"{p}/value_at")
+    values = b.op("Expand", [b.const(f"{p}/value", [value]), n_flagged], f"{p}/values")
+    total = b.op("Add", [n_ids, n_flagged], f"{p}/total")
+    out = b.op("ScatterElements", [b.op("ConstantOfShape", [total], f"{p}/blank",
+                                        value=helper.make_tensor("zero", TensorProto.INT64, [1], [0])),
+                                   b.op("Concat", [id_at, value_at], f"{p}/at", axis=0),
+                                   b.op("Concat", [ids, values], f"{p}/scattered", axis=0)],
+               f"{p}/with_values", axis=0)
+    new_lengths = b.op("Add", [lengths, b.op("Cast", [flags], f"{p}/extra", to=INT64)], f"{p}/new_lengths")
     rows = b.op("Reshape", [new_lengths, b.op("Concat", [b.const(f"{p}/rows", [-1]), per_row], f"{p}/row_shape",
                                                 axis=0)], f"{p}/row_lengths")
     row_lengths = b.op("ReduceSum", [rows, b.const(f"{p}/sum_axis", [1])], f"{p}/row_total", keepdims=0)
-    ends = b.op("CumSum", [row_lengths, b.const(f"{p}/cum_axis", 0)], f"{p}/row_ends")
-    return out, b.op("Concat", [b.const(f"{p}/split0", [0]), ends], f"{p}/row_splits", axis=0)
+    row_ends = b.op("CumSum", [row_lengths, b.const(f"{p}/cum_axis", 0)], f"{p}/row_ends")
+    return out, b.op("Concat", [b.const(f"{p}/split0", [0]), row_ends], f"{p}/row_splits", axis=0)
 
 
 def _dim(b: GraphBuilder, value: str, axis: int, p: str) -> str:
-    return b.op("Shape", [value], f"{p}/dim{axis}", start=axis, end=axis + 1)
+    """[size of `value` along `axis`] (Shape's start/end attributes need opset 15)."""
+    return b.op("Gather", [b.op("Shape", [value], f"{p}/shape{axis}"), b.const(f"{p}/axis{axis}", [axis])],
+                f"{p}/dim{axis}", axis=0)
 
 
 def _spm_ids(b: GraphBuilder, text: str, proto: bytes, p: str) -> tuple[str, str]:
