@@ -34,6 +34,7 @@ from .normalize import CharTable, code_point_ranges, regex_class
 from .ragged import join_rows
 from .settings import TokenizerError
 
+CONTROLS = "".join(chr(c) for c in range(1, 32) if chr(c) not in "\t\n\r")
 MAX_CLUSTER = 6  # tokenizers' Precompiled: "if grapheme.len() < 6"
 # Rust's char::is_whitespace (Unicode White_Space), which WhitespaceSplit splits on.
 UNICODE_WHITESPACE = ("\t\n\x0b\x0c\r \x85\xa0\u1680" + "".join(chr(c) for c in range(0x2000, 0x200B))
@@ -117,7 +118,7 @@ def _grapheme_class(pattern: str) -> frozenset[str]:
     return frozenset(chr(cp) for cp in range(0x110000) if not 0xD800 <= cp <= 0xDFFF and compiled.match(chr(cp)))
 
 
-def charsmap_table(charsmap: Charsmap, mark: str) -> CharTable:
+def charsmap_table(charsmap: Charsmap) -> CharTable:
     """The per-character map, whitespace included: every Unicode whitespace character that the
     map keeps or maps to ' ' becomes ' ' (HF splits words at all of them)."""
     drop, space, mapping = [], [], {}
@@ -129,56 +130,67 @@ def charsmap_table(charsmap: Charsmap, mark: str) -> CharTable:
         else:
             mapping[ch] = value
     space += [ord(c) for c in UNICODE_WHITESPACE if c != " " and c not in charsmap.single]
-    drop.append(ord(mark))
     return CharTable(drop=code_point_ranges(sorted(set(drop))), space=code_point_ranges(sorted(set(space))),
                      isolate=(), mapping=mapping)
 
 
-def precompiled_normalize(b: GraphBuilder, text: str, charsmap: Charsmap, mark: str, p: str) -> str:
+def precompiled_normalize(b: GraphBuilder, text: str, charsmap: Charsmap, p: str) -> str:
     """`text` [N] normalized as tokenizers' Precompiled normalizer does, Unicode whitespace as ' '."""
     ext = extenders()
-    by_size = {n: _cls(c for c in ext if len(c.encode()) == n) for n in (2, 3, 4)}
-    anyx = _cls(ext)
-    # A cluster starts at a key unless the key extends the one before; controls stand alone.
+    mark, *tags = _controls(charsmap, 4)
+    # tag: each extender gets a control character after it that says its UTF-8 size (2, 3, 4),
+    # so the rules below test a few characters instead of the large extender class (RE2
+    # compiles every pattern on every run: ~1.5 ms per copy of that class). Controls the
+    # charsmap deletes, so the table below drops them; those already in the text become MARK
+    # (also deleted, also a cluster boundary: the same result).
+    rules = [(_cls(tags), mark)]
+    rules += [(f"({_cls(c for c in ext if len(c.encode()) == n)})", f"\\1{tag}") for n, tag in zip((2, 3, 4), tags)]
+    t2, t3, t4 = (f"(?s:.{tag})" for tag in tags)
+    x, x34 = f"(?s:.{_cls(tags)})", f"(?s:.{_cls(tags[1:])})"
     alone = ext | breakers()
-    keys = {n: [c for c in charsmap.single if len(c.encode()) == n and c not in alone] for n in (2, 3)}
-    pair_groups: dict[tuple[int, int], list[str]] = {}
-    for pair in charsmap.pairs:
-        pair_groups.setdefault((len(pair[0].encode()), len(pair[1].encode())), []).append(pair)
-    m = mark  # a rewrite takes the character itself (RE2: "invalid rewrite pattern: \\1\\x{1}\\2")
+    heads = [c for c in charsmap.single if len(c.encode()) in (2, 3) and c not in alone]
     prepend = prepends()
     if any(c in charsmap.single for c in prepend):
         raise TokenizerError("normalizer.precompiled_charsmap: maps a Prepend character; not supported")
-    # protect: a cluster that a Prepend character starts (GB9b) or that reaches 6 bytes keeps
-    # every character: MARK after its head stops the rules below.
-    rules = [(f"({_cls(prepend)})({_not(breakers())})({anyx})", f"\\1\\2{m}\\3")]
-    for size, chars in keys.items():
-        if chars:
-            rules.append((f"({_cls(chars)})({_too_long(MAX_CLUSTER - 1 - size, by_size, anyx)})", f"\\1{m}\\2"))
-    for (base, mark_size), pairs in sorted(pair_groups.items()):
-        tail = _too_long(MAX_CLUSTER - 1 - base - mark_size, by_size, anyx)
-        rules.append((f"({_cls(p[0] for p in pairs)})({_cls(p[1] for p in pairs)}(?:{tail}))", f"\\1{m}\\2"))
+    # protect: a cluster that reaches 6 bytes, or that a Prepend character starts (GB9b), keeps
+    # every character: MARK after the character that starts it stops the rules below. Any
+    # character of that size will do (MARK inside a cluster of 6 bytes or more changes nothing).
+    # Extenders longer than the bytes left (5 - head): 1-byte head > 4, 2-byte > 3, 3-byte > 2.
+    protect = "|".join([
+        f"([\\x{{20}}-\\x{{7E}}])({t2}{t2}{x}|{x34}{x}|{t2}{x34})",
+        f"([\\x{{80}}-\\x{{7FF}}])({t4}|{x}{x})",
+        f"([\\x{{800}}-\\x{{FFFF}}])({x34}|{x}{x})",
+        f"({_cls(prepend)}{_not(breakers())})({x})",
+    ])
+    rules.append((protect, f"\\1\\3\\5\\7{mark}\\2\\4\\6\\8"))
     # drop: what still follows a head is the rest of a cluster under 6 bytes, which becomes the
-    # head's value alone.
-    heads = [c for chars in keys.values() for c in chars]
+    # head's value alone (a pair's too).
     if heads:
-        rules.append((f"({_cls(heads)}){anyx}+", "\\1"))
-    if charsmap.pairs:
-        alternation = "|".join(_escape(k) for k in sorted(charsmap.pairs))
-        rules.append((f"({alternation}){anyx}+", "\\1"))
+        rules.append((f"({_cls(heads)}){x}+", "\\1"))
+    tag_of = dict(zip((2, 3, 4), tags))
+    tagged = {k[0] + k[1] + tag_of[len(k[1].encode())]: v for k, v in charsmap.pairs.items()}
+    if tagged:
+        rules.append((f"({_pairs_pattern(tagged)}){x}+", "\\1"))
     for i, (pattern, rewrite) in enumerate(rules):
         text = b.op("StringRegexReplace", [text, b.const(f"{p}/cluster{i}_pattern", pattern),
                                            b.const(f"{p}/cluster{i}_rewrite", rewrite)],
                     f"{p}/cluster{i}", domain=CONTRIB, types=[(STRING, 1)])
-    if charsmap.pairs:
-        text = _compose_pairs(b, text, charsmap.pairs, p)
-    return apply_char_table(b, text, charsmap_table(charsmap, mark))
+    if tagged:
+        text = _compose_pairs(b, text, tagged, p)
+    return apply_char_table(b, text, charsmap_table(charsmap))
+
+
+def _controls(charsmap: Charsmap, count: int) -> list[str]:
+    """`count` control characters the charsmap deletes (MARK and the size tags)."""
+    found = [c for c in CONTROLS if charsmap.single.get(c) == ""][:count]
+    if len(found) < count:
+        raise TokenizerError("normalizer.precompiled_charsmap: deletes fewer than 4 control characters; not supported")
+    return found
 
 
 def _compose_pairs(b: GraphBuilder, text: str, pairs: dict[str, str], p: str) -> str:
-    alternation = "|".join(_escape(k) for k in sorted(pairs, key=lambda k: (-len(k.encode()), k)))
     runs, _, _, splits = b.op("StringRegexSplitWithOffsets",
-                              [text, b.const(f"{p}/pair_pattern", f"({alternation})"),
+                              [text, b.const(f"{p}/pair_pattern", f"({_pairs_pattern(pairs)})"),
                                b.const(f"{p}/pair_keep", "(?s).+")],
                               [f"{p}/pair_runs", f"{p}/pair_begins", f"{p}/pair_ends", f"{p}/pair_splits"],
                               domain=CONTRIB, types=SPLIT_TYPES)
@@ -191,11 +203,13 @@ def _cls(chars) -> str:
     return regex_class(code_point_ranges(sorted(ord(c) for c in set(chars))))
 
 
-def _too_long(budget: int, by_size: dict[int, str], anyx: str) -> str:
-    """Regex for the shortest runs of extenders longer than `budget` bytes."""
-    options = [by_size[n] for n in by_size if n > budget]
-    options += [by_size[n] + f"(?:{_too_long(budget - n, by_size, anyx)})" for n in by_size if n <= budget]
-    return "|".join(options)
+def _pairs_pattern(pairs) -> str:
+    """Exactly the pairs (base, then a tagged mark), grouped by mark: [bases]mark|... RE2
+    compiles a few dozen classes much faster than hundreds of literal alternatives."""
+    bases: dict[str, list[str]] = {}
+    for pair in pairs:
+        bases.setdefault(pair[1:], []).append(pair[0])
+    return "|".join(f"{_cls(chars)}{_escape(mark)}" for mark, chars in sorted(bases.items()))
 
 
 def _not(chars) -> str:

@@ -30,14 +30,13 @@ from tokenizers import Tokenizer
 
 from ..onnx_builder import CONTRIB, INT64, ML, MS, SPLIT_TYPES, STRING, GraphBuilder
 from .normalize import code_point_ranges, regex_class
-from .precompiled import UNICODE_WHITESPACE, Charsmap, charsmap_of, precompiled_normalize
+from .precompiled import UNICODE_WHITESPACE, charsmap_of, precompiled_normalize
 from .ragged import split_bounds
 from .settings import TokenizerError
 from .spm_model import bpe_proto, merges_problem, unigram_proto
 
 METASPACE = "\u2581"
 NUL_STANDINS = ("\ufffe", "\ufdd0", "\U0010ffff")  # noncharacters: unknown to any real vocabulary
-MARK_CANDIDATES = "".join(chr(c) for c in range(1, 32) if chr(c) not in "\t\n\r")
 
 
 def sentencepiece_kind(backend: dict) -> str | None:
@@ -144,7 +143,7 @@ def _unigram_ids(b: GraphBuilder, parts: str, is_nul: str, backend: dict, p: str
     if charsmap is None:
         text = _whitespace_to_space(b, text, p)
     else:
-        text = precompiled_normalize(b, text, charsmap, _mark(charsmap), f"{p}/normalize")
+        text = precompiled_normalize(b, text, charsmap, f"{p}/normalize")
     return _per_word(b, text, unigram_proto(backend), p)
 
 
@@ -248,14 +247,6 @@ def _whitespace_to_space(b: GraphBuilder, text: str, p: str) -> str:
     pattern = regex_class(code_point_ranges(sorted(ord(c) for c in UNICODE_WHITESPACE if c != " ")))
     return b.op("StringRegexReplace", [text, b.const(f"{p}/ws_pattern", pattern), b.const(f"{p}/ws_space", " ")],
                 f"{p}/ws_text", domain=CONTRIB, types=[(STRING, 1)])
-
-
-def _mark(charsmap: Charsmap) -> str:
-    """A control character the charsmap deletes: the normalizer's protect pass inserts it."""
-    for ch in MARK_CANDIDATES:
-        if charsmap.single.get(ch) == "":
-            return ch
-    raise TokenizerError("normalizer.precompiled_charsmap: keeps every control character; not supported")
 
 
 def _normalize(backend: dict, text: str) -> str | None:
