@@ -169,8 +169,10 @@ def precompiled_normalize(b: GraphBuilder, text: str, charsmap: Charsmap, p: str
         rules.append((f"({_cls(heads)}){x}+", "\\1"))
     tag_of = dict(zip((2, 3, 4), tags))
     tagged = {k[0] + k[1] + tag_of[len(k[1].encode())]: v for k, v in charsmap.pairs.items()}
-    if tagged:
-        rules.append((f"({_pairs_pattern(tagged)}){x}+", "\\1"))
+    # Only a 1-byte base with a 2-byte mark leaves room (1 extender of 2 bytes) after protect.
+    short = {k: v for k, v in tagged.items() if len(k[0].encode()) == 1 and len(k[1].encode()) == 2}
+    if short:
+        rules.append((f"({_pairs_pattern(short)}){t2}", "\\1"))
     for i, (pattern, rewrite) in enumerate(rules):
         text = b.op("StringRegexReplace", [text, b.const(f"{p}/cluster{i}_pattern", pattern),
                                            b.const(f"{p}/cluster{i}_rewrite", rewrite)],
