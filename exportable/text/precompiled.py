@@ -45,6 +45,7 @@ UNICODE_WHITESPACE = ("\t\n\x0b\x0c\r \x85\xa0\u1680" + "".join(chr(c) for c in 
 class Charsmap:
     single: dict[str, str]  # one-character key -> value
     pairs: dict[str, str]  # two-character key under 6 bytes whose first character is no key -> value
+    blob: bytes = b""  # the charsmap itself
 
 
 def parse_charsmap(blob: bytes) -> Charsmap:
@@ -57,7 +58,7 @@ def parse_charsmap(blob: bytes) -> Charsmap:
     text = {k.decode("utf-8"): v.decode("utf-8") for k, v in keys.items() if _utf8(k)}
     single = {k: v for k, v in text.items() if len(k) == 1}
     pairs = {k: v for k, v in text.items() if len(k) == 2 and k[0] not in single}
-    return Charsmap(single, pairs)
+    return Charsmap(single, pairs, blob)
 
 
 def _utf8(key: bytes) -> bool:
@@ -99,6 +100,31 @@ def extenders() -> frozenset[str]:
                            r"\p{Grapheme_Cluster_Break=SpacingMark}]")
 
 
+def confirmed_extenders(charsmap: Charsmap) -> frozenset[str]:
+    """extenders() as the installed tokenizers sees them: the `regex` module may know a newer
+    Unicode than tokenizers' segmentation tables (U+11DF0, U+10ECF extend in one, not the other).
+    Each one is tried after a key (2, 3 bytes: an extender is dropped with the rest of the key's
+    cluster) or a 1-byte-base pair (4 bytes: an extender stops the composition)."""
+    from tokenizers.normalizers import Precompiled  # noqa: PLC0415  # only Unigram exports need it
+
+    normalize = Precompiled(charsmap.blob).normalize_str
+    heads = [k for k, v in charsmap.single.items() if len(k.encode()) == 2 and v and k not in breakers()
+             and k not in extenders()]
+    pairs = [k for k in charsmap.pairs if len(k.encode()) == 3 and k[0] not in breakers()]
+    kept = set()
+    for c in extenders():
+        size = len(c.encode())
+        if size < 4 and heads:
+            extends = normalize(heads[0] + c) == charsmap.single[heads[0]]
+        elif size == 4 and pairs:
+            extends = normalize(pairs[0] + c) != charsmap.pairs[pairs[0]] + normalize(c)
+        else:
+            extends = True
+        if extends:
+            kept.add(c)
+    return frozenset(kept)
+
+
 def prepends() -> frozenset[str]:
     """Characters that the next character extends (GB9b)."""
     return _grapheme_class(r"\p{Grapheme_Cluster_Break=Prepend}")
@@ -136,7 +162,7 @@ def charsmap_table(charsmap: Charsmap) -> CharTable:
 
 def precompiled_normalize(b: GraphBuilder, text: str, charsmap: Charsmap, p: str) -> str:
     """`text` [N] normalized as tokenizers' Precompiled normalizer does, Unicode whitespace as ' '."""
-    ext = extenders()
+    ext = confirmed_extenders(charsmap)
     mark, *tags = _controls(charsmap, 4)
     # tag: each extender gets a control character after it that says its UTF-8 size (2, 3, 4),
     # so the rules below test a few characters instead of the large extender class (RE2
