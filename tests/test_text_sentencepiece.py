@@ -7,7 +7,9 @@ AutoTokenizer, so every expected id comes from Hugging Face, never from exportab
 """
 
 import json
+import random
 import shutil
+import unicodedata
 
 import numpy as np
 import onnxruntime as ort
@@ -97,6 +99,34 @@ def test_ids_equal_hf_on_the_corpus(tokenizers, runners, kind, batch):
     assert any("\x00" in t for t in texts) and "" in texts
     want = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
     got = [ids for i in range(0, len(texts), batch) for ids in run(texts[i:i + batch])]
+    wrong = [(t, w, g) for t, w, g in zip(texts, want, got) if w != g]
+    assert not wrong, f"{len(wrong)} of {len(texts)} differ, first: {wrong[0]!r}"
+
+
+def _cluster_texts(n: int, seed: int) -> list[str]:
+    """Short random strings built to stress grapheme clusters (HF's Precompiled normalizer maps
+    a cluster under 6 bytes by its shortest key prefix): bases with NFKC forms, combining and
+    spacing marks of 2-4 bytes, controls, Prepend characters, Hangul jamo, regional indicators,
+    emoji modifiers, ZWJ, whitespace, NUL and ▁."""
+    chars = [chr(c) for c in range(0x20, 0x20000) if not 0xD800 <= c <= 0xDFFF]
+    compat = [c for c in chars if unicodedata.decomposition(c).startswith("<")]
+    marks = [c for c in chars if unicodedata.category(c) in ("Mn", "Mc", "Me")]
+    composable = [c for c in chars if len(unicodedata.normalize("NFD", c)) == 2]
+    pools = [compat, marks, marks, [unicodedata.normalize("NFD", c)[0] for c in composable],
+             [chr(c) for c in (*range(1, 32), 0x7F, 0x85, 0x9F, 0xAD, 0x200B, 0x2060, 0xFEFF)],
+             ["\u0600", "\u0601", "\u0d4e", "\U000110bd"], [chr(c) for c in range(0x1100, 0x1200)],
+             [chr(c) for c in range(0x1F1E6, 0x1F200)], ["\u200d", "👍", "🏽", "\ufe0f", "™", "\U000e0101"],
+             list(" \t\n\u3000\u2028abcxyzé"), ["\x00", "▁"]]
+    rng = random.Random(seed)
+    return ["".join(rng.choice(rng.choice(pools)) for _ in range(rng.randrange(1, 12))) for _ in range(n)]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_ids_equal_hf_on_grapheme_clusters(tokenizers, runners, kind):
+    tok, run = tokenizers[kind], runners[kind]
+    texts = _cluster_texts(1500, seed=11)
+    want = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    got = [ids for i in range(0, len(texts), 32) for ids in run(texts[i:i + 32])]
     wrong = [(t, w, g) for t, w, g in zip(texts, want, got) if w != g]
     assert not wrong, f"{len(wrong)} of {len(texts)} differ, first: {wrong[0]!r}"
 

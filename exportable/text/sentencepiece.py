@@ -1,22 +1,24 @@
-"""SentencePiece-style tokenizers in the graph: Unigram (XLM-R, T5, ALBERT, multilingual-e5) and
-byte-fallback BPE (Llama, Mistral), equal to the Hugging Face fast tokenizer as transformers
-loads it (read from `tok.backend_tokenizer.to_str()`, not tokenizer.json on disk: transformers
-rebuilds these pipelines from class code).
+"""SentencePiece-style tokenizers in the graph: Unigram (XLM-R, T5, CamemBERT, mBART,
+multilingual-e5) and byte-fallback BPE (Llama, Mistral), equal to the Hugging Face fast
+tokenizer as transformers loads it (read from `tok.backend_tokenizer.to_str()`, not
+tokenizer.json on disk: transformers rebuilds these pipelines from class code).
+
+    sentencepiece_segment_ids(b, segments, first, backend) -> (ids [total], splits [N + 1])
+    sentencepiece_problem(backend) -> None, or one line naming the unsupported component
 
 The ortx SentencepieceTokenizer op is the sentencepiece library; it runs a ModelProto built
-from the backend JSON (spm_model.py), so its ids are HF's ids. Around it, standard and ortx ops
-make the input what HF's pre-tokenizer would see:
+from the backend JSON (spm_model.py), so its ids are HF's ids. Around it:
 
-  Unigram  Unicode whitespace the charsmap keeps -> ' ' (HF's WhitespaceSplit splits on every
-           Unicode White_Space character, sentencepiece only on ' '); NUL dropped (see below)
-  BPE      ▁ prepended to the first segment of a row unless it is empty or starts with ' ' / ▁
-           (Metaspace prepend_scheme "first"; sentencepiece's add_dummy_prefix would prepend
-           even before a leading space)
-
-NUL: the ortx ops read their input as C strings, so "a\\x00b" would reach them as "a". HF's
-charsmap drops NUL (checked below), so Unigram texts are cut at NUL with a standard op and
-joined again without it. Byte-fallback BPE emits <0x00> for it, which the graph does not do yet:
-sentencepiece_problem() says so only through `nul_exact`.
+  NUL      ORT's contrib Tokenizer (standard ORT, keeps NUL bytes) cuts each segment into NULs and
+           the runs between them: the ortx ops read C strings, so "a\x00b" would reach them as "a"
+  Unigram  NUL -> an unknown stand-in character (HF: NUL is an unknown piece, fused with its
+           unknown neighbours); HF's Precompiled normalizer in the graph (precompiled.py), every
+           Unicode whitespace -> ' '; sentencepiece (identity normalizer) per ' '-separated
+           word, as HF's WhitespaceSplit + Metaspace(always) + Viterbi per word
+  BPE      each run through sentencepiece, <0x00> after each NUL (no piece holds NUL, so no
+           merge crosses it); ' ' prepended to the first run of a row's first segment unless it
+           is empty or starts with ' ' / ▁ (Metaspace prepend_scheme "first": sentencepiece's
+           add_dummy_prefix would also prepend before a leading space)
 """
 
 from __future__ import annotations
