@@ -1,0 +1,260 @@
+"""Hugging Face's Precompiled normalizer (the sentencepiece charsmap of XLM-R, T5, ALBERT) as
+ONNX string ops, exactly as `tokenizers` applies it, which is not how sentencepiece does.
+
+sentencepiece replaces the longest charsmap key at each position. `tokenizers` walks extended
+grapheme clusters instead: a cluster under 6 UTF-8 bytes is replaced whole by the value of the
+SHORTEST key that is a prefix of it, if any ("ｚ́" -> "z": the acute is dropped, because "ｚ"
+alone is a key); every other cluster is mapped character by character, so multi-character keys
+never apply inside a longer cluster ("ﾊﾟ", 6 bytes, stays "ハ" + U+309A where sentencepiece
+writes "パ"). The keys that matter besides single characters are "base + combining mark"
+pairs (NFC compositions, no shorter key), and the clusters under 6 bytes with two or more
+characters are a base of 1-3 bytes plus one or two extenders (GCB Extend, ZWJ, SpacingMark).
+
+So, in graph order:
+  protect   insert MARK (a character the table drops) between a key or pair base and extenders
+            that make its cluster 6 bytes or longer: those clusters go character by character
+  drop      a single-character key's remaining extenders are removed (its cluster is < 6 bytes)
+  compose   what is left of a pair is a whole cluster: split it off, StringMapping, join
+  table     every other character through the single-character map (char_graph.apply_char_table),
+            MARK dropped; Unicode whitespace the map keeps becomes ' ' (WhitespaceSplit's set)
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..onnx_builder import CONTRIB, SPLIT_TYPES, STRING, GraphBuilder
+from .char_graph import apply_char_table
+from .normalize import CharTable, code_point_ranges, regex_class
+from .ragged import join_rows
+from .settings import TokenizerError
+
+CONTROLS = "".join(chr(c) for c in range(1, 32) if chr(c) not in "\t\n\r")
+MAX_CLUSTER = 6  # tokenizers' Precompiled: "if grapheme.len() < 6"
+# Rust's char::is_whitespace (Unicode White_Space), which WhitespaceSplit splits on.
+UNICODE_WHITESPACE = ("\t\n\x0b\x0c\r \x85\xa0\u1680" + "".join(chr(c) for c in range(0x2000, 0x200B))
+                      + "\u2028\u2029\u202f\u205f\u3000")
+
+
+@dataclass(frozen=True)
+class Charsmap:
+    single: dict[str, str]  # one-character key -> value
+    pairs: dict[str, str]  # two-character key under 6 bytes whose first character is no key -> value
+    blob: bytes = b""  # the charsmap itself
+
+
+def parse_charsmap(blob: bytes) -> Charsmap:
+    """The keys of a sentencepiece precompiled charsmap (darts-clone double array + values)
+    that can ever apply in tokenizers' walk: single characters and pairs under 6 bytes."""
+    size = struct.unpack("<I", blob[:4])[0]
+    units = np.frombuffer(blob[4:4 + size], dtype="<u4").astype(np.int64)
+    values = blob[4 + size:]
+    keys = _trie_keys(units, values, max_bytes=MAX_CLUSTER - 1)
+    text = {k.decode("utf-8"): v.decode("utf-8") for k, v in keys.items() if _utf8(k)}
+    single = {k: v for k, v in text.items() if len(k) == 1}
+    pairs = {k: v for k, v in text.items() if len(k) == 2 and k[0] not in single}
+    return Charsmap(single, pairs, blob)
+
+
+def _utf8(key: bytes) -> bool:
+    try:
+        key.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _trie_keys(units: np.ndarray, values: bytes, max_bytes: int) -> dict[bytes, bytes]:
+    def offset(unit):
+        return (unit >> 10) << ((unit & (1 << 9)) >> 6)
+
+    labels = np.arange(1, 256, dtype=np.int64)
+    keys: dict[bytes, bytes] = {}
+    stack = [(int(offset(units[0])), b"")]
+    while stack:
+        pos, key = stack.pop()
+        if len(key) >= max_bytes:
+            continue
+        child = pos ^ labels
+        inside = child < len(units)
+        found = inside.copy()
+        found[inside] = (units[child[inside]] & ((1 << 31) | 0xFF)) == labels[inside]
+        for label, at in zip(labels[found].tolist(), child[found].tolist()):
+            unit = int(units[at])
+            nxt = at ^ int(offset(unit))
+            if (unit >> 8) & 1:
+                start = int(units[nxt]) & ((1 << 31) - 1)
+                keys[key + bytes([label])] = values[start:values.index(b"\0", start)]
+            stack.append((nxt, key + bytes([label])))
+    return keys
+
+
+def extenders() -> frozenset[str]:
+    """Characters that continue an extended grapheme cluster (GB9, GB9a)."""
+    return _grapheme_class(r"[\p{Grapheme_Cluster_Break=Extend}\p{Grapheme_Cluster_Break=ZWJ}"
+                           r"\p{Grapheme_Cluster_Break=SpacingMark}]")
+
+
+def confirmed_extenders(charsmap: Charsmap) -> frozenset[str]:
+    """extenders() as the installed tokenizers sees them: the `regex` module may know a newer
+    Unicode than tokenizers' segmentation tables (U+11DF0, U+10ECF extend in one, not the other).
+    Each one is tried after a key (2, 3 bytes: an extender is dropped with the rest of the key's
+    cluster) or a 1-byte-base pair (4 bytes: an extender stops the composition)."""
+    from tokenizers.normalizers import Precompiled  # noqa: PLC0415  # only Unigram exports need it
+
+    normalize = Precompiled(charsmap.blob).normalize_str
+    heads = [k for k, v in charsmap.single.items() if len(k.encode()) == 2 and v and k not in breakers()
+             and k not in extenders()]
+    pairs = [k for k in charsmap.pairs if len(k.encode()) == 3 and k[0] not in breakers()]
+    kept = set()
+    for c in extenders():
+        size = len(c.encode())
+        if size < 4 and heads:
+            extends = normalize(heads[0] + c) == charsmap.single[heads[0]]
+        elif size == 4 and pairs:
+            extends = normalize(pairs[0] + c) != charsmap.pairs[pairs[0]] + normalize(c)
+        else:
+            extends = True
+        if extends:
+            kept.add(c)
+    return frozenset(kept)
+
+
+def prepends() -> frozenset[str]:
+    """Characters that the next character extends (GB9b)."""
+    return _grapheme_class(r"\p{Grapheme_Cluster_Break=Prepend}")
+
+
+def breakers() -> frozenset[str]:
+    """Characters with a cluster boundary on both sides (GB4, GB5): nothing extends them."""
+    return _grapheme_class(r"[\p{Grapheme_Cluster_Break=Control}\p{Grapheme_Cluster_Break=CR}"
+                           r"\p{Grapheme_Cluster_Break=LF}]")
+
+
+@functools.lru_cache(maxsize=4)
+def _grapheme_class(pattern: str) -> frozenset[str]:
+    import regex  # noqa: PLC0415  # a transformers dependency; only exports with a charsmap need it
+
+    compiled = regex.compile(pattern)
+    return frozenset(chr(cp) for cp in range(0x110000) if not 0xD800 <= cp <= 0xDFFF and compiled.match(chr(cp)))
+
+
+def charsmap_table(charsmap: Charsmap) -> CharTable:
+    """The per-character map, whitespace included: every Unicode whitespace character that the
+    map keeps or maps to ' ' becomes ' ' (HF splits words at all of them)."""
+    drop, space, mapping = [], [], {}
+    for ch, value in charsmap.single.items():
+        if value == "":
+            drop.append(ord(ch))
+        elif value == " " or (not value.strip() and len(value) == 1):
+            space.append(ord(ch))
+        else:
+            mapping[ch] = value
+    space += [ord(c) for c in UNICODE_WHITESPACE if c != " " and c not in charsmap.single]
+    return CharTable(drop=code_point_ranges(sorted(set(drop))), space=code_point_ranges(sorted(set(space))),
+                     isolate=(), mapping=mapping)
+
+
+def precompiled_normalize(b: GraphBuilder, text: str, charsmap: Charsmap, p: str) -> str:
+    """`text` [N] normalized as tokenizers' Precompiled normalizer does, Unicode whitespace as ' '."""
+    ext = confirmed_extenders(charsmap)
+    mark, *tags = _controls(charsmap, 4)
+    # tag: each extender gets a control character after it that says its UTF-8 size (2, 3, 4),
+    # so the rules below test a few characters instead of the large extender class (RE2
+    # compiles every pattern on every run: ~1.5 ms per copy of that class). Controls the
+    # charsmap deletes, so the table below drops them; those already in the text become MARK
+    # (also deleted, also a cluster boundary: the same result).
+    rules = [(_cls(tags), mark)]
+    rules += [(f"({_cls(c for c in ext if len(c.encode()) == n)})", f"\\1{tag}") for n, tag in zip((2, 3, 4), tags)]
+    t2, t3, t4 = (f"(?s:.{tag})" for tag in tags)
+    x, x34 = f"(?s:.{_cls(tags)})", f"(?s:.{_cls(tags[1:])})"
+    alone = ext | breakers()
+    heads = [c for c in charsmap.single if len(c.encode()) in (2, 3) and c not in alone]
+    prepend = prepends()
+    if any(c in charsmap.single for c in prepend):
+        raise TokenizerError("normalizer.precompiled_charsmap: maps a Prepend character; not supported")
+    # protect: a cluster that reaches 6 bytes, or that a Prepend character starts (GB9b), keeps
+    # every character: MARK after the character that starts it stops the rules below. Any
+    # character of that size will do (MARK inside a cluster of 6 bytes or more changes nothing).
+    # Extenders longer than the bytes left (5 - head): 1-byte head > 4, 2-byte > 3, 3-byte > 2.
+    protect = "|".join([
+        f"([\\x{{20}}-\\x{{7E}}])({t2}{t2}{x}|{x34}{x}|{t2}{x34})",
+        f"([\\x{{80}}-\\x{{7FF}}])({t4}|{x}{x})",
+        f"([\\x{{800}}-\\x{{FFFF}}])({x34}|{x}{x})",
+        f"({_cls(prepend)}{_not(breakers())})({x})",
+    ])
+    rules.append((protect, f"\\1\\3\\5\\7{mark}\\2\\4\\6\\8"))
+    # drop: what still follows a head is the rest of a cluster under 6 bytes, which becomes the
+    # head's value alone (a pair's too).
+    if heads:
+        rules.append((f"({_cls(heads)}){x}+", "\\1"))
+    tag_of = dict(zip((2, 3, 4), tags))
+    tagged = {k[0] + k[1] + tag_of[len(k[1].encode())]: v for k, v in charsmap.pairs.items()}
+    # Only a 1-byte base with a 2-byte mark leaves room (1 extender of 2 bytes) after protect.
+    short = {k: v for k, v in tagged.items() if len(k[0].encode()) == 1 and len(k[1].encode()) == 2}
+    if short:
+        rules.append((f"({_pairs_pattern(short)}){t2}", "\\1"))
+    for i, (pattern, rewrite) in enumerate(rules):
+        text = b.op("StringRegexReplace", [text, b.const(f"{p}/cluster{i}_pattern", pattern),
+                                           b.const(f"{p}/cluster{i}_rewrite", rewrite)],
+                    f"{p}/cluster{i}", domain=CONTRIB, types=[(STRING, 1)])
+    if tagged:
+        text = _compose_pairs(b, text, tagged, p)
+    return apply_char_table(b, text, charsmap_table(charsmap))
+
+
+def _controls(charsmap: Charsmap, count: int) -> list[str]:
+    """`count` control characters the charsmap deletes (MARK and the size tags)."""
+    found = [c for c in CONTROLS if charsmap.single.get(c) == ""][:count]
+    if len(found) < count:
+        raise TokenizerError("normalizer.precompiled_charsmap: deletes fewer than 4 control characters; not supported")
+    return found
+
+
+def _compose_pairs(b: GraphBuilder, text: str, pairs: dict[str, str], p: str) -> str:
+    runs, _, _, splits = b.op("StringRegexSplitWithOffsets",
+                              [text, b.const(f"{p}/pair_pattern", f"({_pairs_pattern(pairs)})"),
+                               b.const(f"{p}/pair_keep", "(?s).+")],
+                              [f"{p}/pair_runs", f"{p}/pair_begins", f"{p}/pair_ends", f"{p}/pair_splits"],
+                              domain=CONTRIB, types=SPLIT_TYPES)
+    mapped = b.op("StringMapping", [runs], f"{p}/pair_mapped", domain=CONTRIB, types=[(STRING, 1)],
+                  map="\n".join(f"{k}\t{v}" for k, v in sorted(pairs.items())))
+    return join_rows(b, mapped, splits, f"{p}/pair_join")
+
+
+def _cls(chars) -> str:
+    return regex_class(code_point_ranges(sorted(ord(c) for c in set(chars))))
+
+
+def _pairs_pattern(pairs) -> str:
+    """Exactly the pairs (base, then a tagged mark), grouped by mark: [bases]mark|... RE2
+    compiles a few dozen classes much faster than hundreds of literal alternatives."""
+    bases: dict[str, list[str]] = {}
+    for pair in pairs:
+        bases.setdefault(pair[1:], []).append(pair[0])
+    return "|".join(f"{_cls(chars)}{_escape(mark)}" for mark, chars in sorted(bases.items()))
+
+
+def _not(chars) -> str:
+    return "[^" + _cls(chars)[1:]
+
+
+def _escape(s: str) -> str:
+    return "".join(f"\\x{{{ord(c):X}}}" for c in s)
+
+
+def charsmap_of(backend: dict) -> Charsmap | None:
+    normalizer = backend.get("normalizer")
+    if normalizer is None:
+        return None
+    return _parse_cached(normalizer["precompiled_charsmap"])
+
+
+@functools.lru_cache(maxsize=2)
+def _parse_cached(encoded: str) -> Charsmap:
+    return parse_charsmap(base64.b64decode(encoded))

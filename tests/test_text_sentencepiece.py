@@ -1,0 +1,172 @@
+"""The SentencePiece kinds in the graph (Unigram as XLM-R, byte-fallback BPE as Llama) against
+the Hugging Face fast tokenizer as transformers loads it, on the Unicode corpus.
+
+Vocabularies are trained here with the sentencepiece trainer (seeded corpus, small vocab) and
+loaded through transformers' own XLMRobertaTokenizer / LlamaTokenizer, saved, and reloaded with
+AutoTokenizer, so every expected id comes from Hugging Face, never from exportable.
+"""
+
+import json
+import random
+import shutil
+import unicodedata
+
+import numpy as np
+import onnxruntime as ort
+import onnxruntime_extensions
+import pytest
+from onnx import TensorProto, helper
+
+from exportable.onnx_builder import GraphBuilder
+from exportable.text.corpus import tokenizer_corpus
+from exportable.text.sentencepiece import sentencepiece_problem, sentencepiece_segment_ids
+from exportable.text.settings import TokenizerError
+
+CORPUS = tokenizer_corpus()
+KINDS = ("unigram", "bpe")
+
+
+def _train(kind: str, folder) -> str:
+    import sentencepiece as spm
+
+    from exportable import samples
+
+    texts = samples.sentences(400, seed=3) + tokenizer_corpus(seed=5, size=600)
+    texts = [t.replace("\x00", "") for t in texts if t.strip()]
+    prefix = str(folder / kind)
+    options = dict(byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1) if kind == "bpe" else {}
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_prefix=prefix, vocab_size=1200,
+                                   model_type=kind, character_coverage=0.98, hard_vocab_limit=False,
+                                   num_threads=1, minloglevel=2, **options)
+    return prefix + ".model"
+
+
+@pytest.fixture(scope="module")
+def tokenizers(tmp_path_factory):
+    from transformers import AutoTokenizer, LlamaTokenizer, XLMRobertaTokenizer
+
+    root = tmp_path_factory.mktemp("spm")
+    loaded = {}
+    for kind, cls, file_name in (("unigram", XLMRobertaTokenizer, "sentencepiece.bpe.model"),
+                                 ("bpe", LlamaTokenizer, "tokenizer.model")):
+        source = root / f"{kind}_src"
+        source.mkdir()
+        shutil.copy(_train(kind, root), source / file_name)
+        cls.from_pretrained(str(source)).save_pretrained(str(root / kind))
+        loaded[kind] = AutoTokenizer.from_pretrained(str(root / kind))
+    return loaded
+
+
+def _graph_runner(backend: dict):
+    b = GraphBuilder(17)
+    ids, splits = sentencepiece_segment_ids(b, "segments", "first", backend)
+    b.op("Identity", [ids], "ids")
+    b.op("Identity", [splits], "splits")
+    model = b.model("spm_test", [helper.make_tensor_value_info("segments", TensorProto.STRING, ["n"]),
+                                 helper.make_tensor_value_info("first", TensorProto.BOOL, ["n"])],
+                    [helper.make_tensor_value_info("ids", TensorProto.INT64, ["total"]),
+                     helper.make_tensor_value_info("splits", TensorProto.INT64, ["n1"])])
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(onnxruntime_extensions.get_library_path())
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+    def run(texts, first=None):
+        first = np.ones(len(texts), bool) if first is None else np.array(first, bool)
+        ids, splits = session.run(["ids", "splits"], {"segments": np.array(texts, dtype=object), "first": first})
+        assert splits.shape == (len(texts) + 1,)
+        return [ids[splits[i]:splits[i + 1]].tolist() for i in range(len(texts))]
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def runners(tokenizers):
+    return {kind: _graph_runner(json.loads(tok.backend_tokenizer.to_str())) for kind, tok in tokenizers.items()}
+
+
+def _without_added(tok) -> list[str]:
+    # Texts with an added token written in them ("<s>") are cut by the shared stage before this one.
+    added = [t.content for t in tok.added_tokens_decoder.values()]
+    return [t for t in CORPUS if not any(a in t for a in added)]
+
+
+@pytest.mark.parametrize("batch", [1, 7, 32])
+@pytest.mark.parametrize("kind", KINDS)
+def test_ids_equal_hf_on_the_corpus(tokenizers, runners, kind, batch):
+    tok, run = tokenizers[kind], runners[kind]
+    texts = _without_added(tok)
+    assert len(texts) > 0.95 * len(CORPUS)
+    assert any("\x00" in t for t in texts) and "" in texts
+    want = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    got = [ids for i in range(0, len(texts), batch) for ids in run(texts[i:i + batch])]
+    wrong = [(t, w, g) for t, w, g in zip(texts, want, got) if w != g]
+    assert not wrong, f"{len(wrong)} of {len(texts)} differ, first: {wrong[0]!r}"
+
+
+def _cluster_texts(n: int, seed: int) -> list[str]:
+    """Short random strings built to stress grapheme clusters (HF's Precompiled normalizer maps
+    a cluster under 6 bytes by its shortest key prefix): bases with NFKC forms, combining and
+    spacing marks of 2-4 bytes, controls, Prepend characters, Hangul jamo, regional indicators,
+    emoji modifiers, ZWJ, whitespace, NUL and ▁."""
+    chars = [chr(c) for c in range(0x20, 0x20000) if not 0xD800 <= c <= 0xDFFF]
+    compat = [c for c in chars if unicodedata.decomposition(c).startswith("<")]
+    marks = [c for c in chars if unicodedata.category(c) in ("Mn", "Mc", "Me")]
+    composable = [c for c in chars if len(unicodedata.normalize("NFD", c)) == 2]
+    pools = [compat, marks, marks, [unicodedata.normalize("NFD", c)[0] for c in composable],
+             [chr(c) for c in (*range(1, 32), 0x7F, 0x85, 0x9F, 0xAD, 0x200B, 0x2060, 0xFEFF)],
+             ["\u0600", "\u0601", "\u0d4e", "\U000110bd"], [chr(c) for c in range(0x1100, 0x1200)],
+             [chr(c) for c in range(0x1F1E6, 0x1F200)], ["\u200d", "👍", "🏽", "\ufe0f", "™", "\U000e0101"],
+             list(" \t\n\u3000\u2028abcxyzé"), ["\x00", "▁"]]
+    rng = random.Random(seed)
+    return ["".join(rng.choice(rng.choice(pools)) for _ in range(rng.randrange(1, 12))) for _ in range(n)]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_ids_equal_hf_on_grapheme_clusters(tokenizers, runners, kind):
+    tok, run = tokenizers[kind], runners[kind]
+    texts = _cluster_texts(1500, seed=11)
+    want = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    got = [ids for i in range(0, len(texts), 32) for ids in run(texts[i:i + 32])]
+    wrong = [(t, w, g) for t, w, g in zip(texts, want, got) if w != g]
+    assert not wrong, f"{len(wrong)} of {len(texts)} differ, first: {wrong[0]!r}"
+
+
+def test_empty_batch(runners):
+    for run in runners.values():
+        assert run([]) == []
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("text", ["hello</s> world", "hello</s>world", "</s>world", "a </s> b</s>", "x</s>"])
+def test_segments_around_an_added_token(tokenizers, runners, kind, text):
+    """A row cut at an added token, as the shared stage cuts it: only the first segment is
+    `first` (Metaspace prepend_scheme "first" prepends ▁ there only; "always" everywhere)."""
+    tok, run = tokenizers[kind], runners[kind]
+    segments = text.split("</s>")
+    ids = run(segments, first=[True] + [False] * (len(segments) - 1))
+    joined = ids[0]
+    for more in ids[1:]:
+        joined = joined + [tok.convert_tokens_to_ids("</s>")] + more
+    assert joined == tok(text, add_special_tokens=False)["input_ids"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_unsupported_components_are_named(tokenizers, kind):
+    backend = json.loads(tokenizers[kind].backend_tokenizer.to_str())
+    assert sentencepiece_problem(backend) is None
+    lowercase = {**backend, "normalizer": {"type": "Lowercase"}}
+    assert sentencepiece_problem(lowercase).startswith("normalizer: Lowercase is not supported")
+    split = {**backend, "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "x"}, "behavior": "Isolated"}}
+    assert sentencepiece_problem(split).startswith("pre_tokenizer: Split is not supported")
+    with pytest.raises(TokenizerError, match="normalizer: Lowercase"):
+        sentencepiece_segment_ids(GraphBuilder(17), "segments", "first", lowercase)
+
+
+def test_bpe_merges_sentencepiece_cannot_order_are_refused(tokenizers):
+    backend = json.loads(tokenizers["bpe"].backend_tokenizer.to_str())
+    merges = [tuple(m) for m in backend["model"]["merges"]]
+    made = [left + right for left, right in merges]
+    # Drop one of two merges that make the same piece: sentencepiece would still make it that way.
+    rank = next(i for i in range(1, len(made)) if made[i] == made[i - 1])
+    backend["model"]["merges"] = [list(m) for m in merges[:rank] + merges[rank + 1:]]
+    assert sentencepiece_problem(backend).startswith("model.merges: ")
