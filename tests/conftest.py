@@ -64,3 +64,45 @@ def gpt2_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("gpt2") / "tokenizer"
     gpt2_tokenizer(gpt2_ranks_file(CACHE)).save_pretrained(folder)
     return folder
+
+
+def train_sentencepiece(kind: str, folder) -> str:
+    """A SentencePiece model trained here on sample text and the corpus (seeded, small vocab)."""
+    import sentencepiece as spm
+
+    from exportable import samples
+    from exportable.text.corpus import tokenizer_corpus
+
+    texts = samples.sentences(400, seed=3) + tokenizer_corpus(seed=5, size=600)
+    texts = [t.replace("\x00", "") for t in texts if t.strip()]
+    prefix = str(folder / kind)
+    options = dict(byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1) if kind == "bpe" else {}
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_prefix=prefix, vocab_size=1200,
+                                   model_type=kind, character_coverage=0.98, hard_vocab_limit=False,
+                                   num_threads=1, minloglevel=2, **options)
+    return prefix + ".model"
+
+
+def _sentencepiece_tokenizer(tmp_path_factory, kind: str, cls_name: str, file_name: str):
+    import shutil
+
+    import transformers
+
+    root = tmp_path_factory.mktemp(f"spm_{kind}")
+    source = root / "source"
+    source.mkdir()
+    shutil.copy(train_sentencepiece(kind, root), source / file_name)
+    getattr(transformers, cls_name).from_pretrained(str(source), model_max_length=512).save_pretrained(root / "tok")
+    return root / "tok"
+
+
+@pytest.fixture(scope="session")
+def xlmr_dir(tmp_path_factory):
+    """An XLM-R (Unigram, precompiled charsmap) tokenizer from a SentencePiece model trained here."""
+    return _sentencepiece_tokenizer(tmp_path_factory, "unigram", "XLMRobertaTokenizer", "sentencepiece.bpe.model")
+
+
+@pytest.fixture(scope="session")
+def llama_dir(tmp_path_factory):
+    """A Llama (SentencePiece BPE with byte fallback) tokenizer from a model trained here."""
+    return _sentencepiece_tokenizer(tmp_path_factory, "bpe", "LlamaTokenizer", "tokenizer.model")

@@ -60,14 +60,18 @@ def batches(texts, size):
     return [texts[i:i + size] for i in range(0, len(texts), size)]
 
 
-@pytest.mark.parametrize("name", ["gpt2", "roberta"])
+KINDS = {"gpt2": "bytelevel-bpe", "roberta": "bytelevel-bpe", "xlmr": "unigram", "llama": "sentencepiece-bpe"}
+
+
+@pytest.mark.parametrize("name", list(KINDS))
 @pytest.mark.parametrize("side", ["right", "left"])
-def test_byte_level_ids_equal_hf_on_the_corpus(name, side, request):
+def test_ids_equal_hf_on_the_corpus(name, side, request):
     """Every corpus text (NUL, emoji, combining marks, "<s>" look-alikes, texts far over the
-    limit) at batch 0, 1, 7 and 32, truncated at 64, padded on both sides."""
+    limit) at batch 0, 1, 7 and 32, truncated at 64, padded on both sides, for each kind: the real
+    GPT-2 vocabulary, and RoBERTa, XLM-R and Llama tokenizers trained here."""
     hf = load(request.getfixturevalue(f"{name}_dir"), padding_side=side, truncation_side=side)
     plan = plan_from_hf(hf, max_length=MAX_LENGTH)
-    assert plan.kind == "bytelevel-bpe"
+    assert plan.kind == KINDS[name]
     run = session(build_text_graph(plan, opset=18))
     texts = tokenizer_corpus()
     assert any(len(hf(t)["input_ids"]) > MAX_LENGTH for t in texts) and any("\x00" in t for t in texts)

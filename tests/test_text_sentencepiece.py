@@ -8,7 +8,6 @@ AutoTokenizer, so every expected id comes from Hugging Face, never from exportab
 
 import json
 import random
-import shutil
 import unicodedata
 
 import numpy as np
@@ -26,35 +25,12 @@ CORPUS = tokenizer_corpus()
 KINDS = ("unigram", "bpe")
 
 
-def _train(kind: str, folder) -> str:
-    import sentencepiece as spm
-
-    from exportable import samples
-
-    texts = samples.sentences(400, seed=3) + tokenizer_corpus(seed=5, size=600)
-    texts = [t.replace("\x00", "") for t in texts if t.strip()]
-    prefix = str(folder / kind)
-    options = dict(byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1) if kind == "bpe" else {}
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_prefix=prefix, vocab_size=1200,
-                                   model_type=kind, character_coverage=0.98, hard_vocab_limit=False,
-                                   num_threads=1, minloglevel=2, **options)
-    return prefix + ".model"
-
-
 @pytest.fixture(scope="module")
-def tokenizers(tmp_path_factory):
-    from transformers import AutoTokenizer, LlamaTokenizer, XLMRobertaTokenizer
+def tokenizers(xlmr_dir, llama_dir):
+    from transformers import AutoTokenizer
 
-    root = tmp_path_factory.mktemp("spm")
-    loaded = {}
-    for kind, cls, file_name in (("unigram", XLMRobertaTokenizer, "sentencepiece.bpe.model"),
-                                 ("bpe", LlamaTokenizer, "tokenizer.model")):
-        source = root / f"{kind}_src"
-        source.mkdir()
-        shutil.copy(_train(kind, root), source / file_name)
-        cls.from_pretrained(str(source)).save_pretrained(str(root / kind))
-        loaded[kind] = AutoTokenizer.from_pretrained(str(root / kind))
-    return loaded
+    return {"unigram": AutoTokenizer.from_pretrained(str(xlmr_dir)),
+            "bpe": AutoTokenizer.from_pretrained(str(llama_dir))}
 
 
 def _graph_runner(backend: dict):

@@ -33,7 +33,7 @@ class Segments(NamedTuple):
     splits: str      # int64 [rows + 1]: row r is segments[splits[r]:splits[r + 1]]
     is_added: str    # bool [segments]
     added_ids: str   # int64 [segments]: the added token's id (-1 for a text run)
-
+    first: str       # bool [segments]: the segment starts its row
 
 def added_tokens(backend: dict) -> list[AddedToken]:
     """The pipeline's added tokens, or TokenizerError naming one the graph cannot match exactly."""
@@ -58,12 +58,13 @@ def split_added(b: GraphBuilder, texts: str, tokens: list[AddedToken], p: str) -
                                 b.const(f"{p}/r1", 1)], f"{p}/splits")
         none = b.op("ConstantOfShape", [rows], f"{p}/none",
                     value=helper.make_tensor("value", TensorProto.INT64, [1], [-1]))
-        return Segments(texts, splits, b.op("Equal", [none, b.const(f"{p}/zero_n", 0)], f"{p}/is_added"), none)
+        never = b.op("Equal", [none, b.const(f"{p}/zero_n", 0)], f"{p}/is_added")
+        return Segments(texts, splits, never, none, b.op("Not", [never], f"{p}/first"))
     ordered = sorted(tokens, key=lambda t: (-len(t.content), t.content))
     alternation = "|".join(_pattern(t) for t in ordered)
     # Every delimiter is an added token, so keep them all: "(?s).+" compiles faster than the
     # alternation again (the op compiles both patterns on every run).
-    segments, _, _, splits = b.op(
+    segments, begins, _, splits = b.op(
         "StringRegexSplitWithOffsets",
         [texts, b.const(f"{p}/pattern", f"({alternation})"), b.const(f"{p}/keep", "(?s).+")],
         [f"{p}/segments", f"{p}/begins", f"{p}/ends", f"{p}/splits"], domain=CONTRIB, types=SPLIT_TYPES)
@@ -75,7 +76,8 @@ def split_added(b: GraphBuilder, texts: str, tokens: list[AddedToken], p: str) -
     ids = b.op("LabelEncoder", [key], f"{p}/ids", domain=ML, keys_strings=[t.content for t in ordered],
                values_int64s=[t.id for t in ordered], default_int64=-1)
     is_added = b.op("GreaterOrEqual", [ids, b.const(f"{p}/zero", 0)], f"{p}/is_added")
-    return Segments(segments, splits, is_added, ids)
+    first = b.op("Equal", [begins, b.const(f"{p}/offset0", 0)], f"{p}/first")  # pieces are never empty
+    return Segments(segments, splits, is_added, ids, first)
 
 
 def _pattern(token: AddedToken) -> str:

@@ -73,7 +73,7 @@ def byte_level_problem(backend: dict) -> str | None:
 def byte_level_ids(b: GraphBuilder, texts: str, backend: dict) -> tuple[str, str]:
     """(ids [total], splits [len(texts) + 1]): each text's content ids (no specials, no padding).
     `texts` must not be empty as a tensor (the caller appends a row)."""
-    sent, marker_is_nul = _nul_as_standin(b, texts)
+    sent, marker_is_nul = nul_as_standin(b, texts)
     pieces = split_added(b, sent, added_tokens(backend), "bpe/added")
     runs = b.op("Where", [pieces.is_added, b.const("bpe/no_text", ""), pieces.segments], "bpe/runs")
     model = backend["model"]
@@ -92,7 +92,7 @@ def byte_level_ids(b: GraphBuilder, texts: str, backend: dict) -> tuple[str, str
     return _restore_nul(b, values, marker_is_nul, backend), splits
 
 
-def _nul_as_standin(b: GraphBuilder, texts: str) -> tuple[str, str]:
+def nul_as_standin(b: GraphBuilder, texts: str) -> tuple[str, str]:
     """(texts with every NUL sent as \\x01, bool [markers]: for each \\x00-or-\\x01 character of the
     batch in order, whether it was a NUL)."""
     runs = b.op("Tokenizer", [texts], "bpe/nul_runs", domain=MS, types=[(STRING, 2)], mark=0, mincharnum=1,

@@ -19,13 +19,15 @@ import onnx
 from onnx import TensorProto, helper
 
 from ..onnx_builder import GraphBuilder
-from .bytelevel import byte_level_ids, byte_level_problem
+from .added import added_tokens, split_added
+from .bytelevel import byte_level_ids, byte_level_problem, nul_as_standin
 from .plan import TokenizerPlan
-from .ragged import pack_template, split_bounds
+from .ragged import append_optional, pack_template, split_bounds
+from .sentencepiece import sentencepiece_problem, sentencepiece_segment_ids
 from .settings import TokenizerError
 
 MIN_OPSET = 13
-IN_GRAPH = ("wordpiece", "bytelevel-bpe")  # the kinds exportable builds as graph nodes
+IN_GRAPH = ("wordpiece", "bytelevel-bpe", "unigram", "sentencepiece-bpe")  # the kinds exportable builds as graph nodes
 DUMMY_ROW = "\x01"  # the appended row: never empty, so every per-row op has a column to work on
 
 
@@ -33,7 +35,23 @@ def text_graph_problem(plan: TokenizerPlan) -> str | None:
     """Why `plan` cannot be built as a graph (one line), or None."""
     if plan.kind == "bytelevel-bpe":
         return byte_level_problem(plan.backend)
+    if plan.kind in ("unigram", "sentencepiece-bpe"):
+        return sentencepiece_problem(plan.backend)
     return f"model.type: {plan.kind} tokenizers are not built into the graph yet (supported: {', '.join(IN_GRAPH)})"
+
+
+def content_ids(b: GraphBuilder, texts: str, plan: TokenizerPlan) -> tuple[str, str]:
+    """(ids, splits): each text's content ids, the kind's own stage."""
+    if plan.kind == "bytelevel-bpe":
+        return byte_level_ids(b, texts, plan.backend)
+    # SentencePiece kinds: added tokens cut out first (on NUL-free text: the ortx regex op reads C
+    # strings), each text run through sentencepiece, the added ids put back in their places.
+    sent, marker_is_nul = nul_as_standin(b, texts)
+    pieces = split_added(b, sent, added_tokens(plan.backend), "added")
+    runs = b.op("Where", [pieces.is_added, b.const("spm/no_text", ""), pieces.segments], "spm/runs")
+    ids, segment_splits = sentencepiece_segment_ids(b, runs, pieces.first, plan.backend, marker_is_nul)
+    ids, segment_splits = append_optional(b, ids, segment_splits, pieces.added_ids, pieces.is_added, "spm/added")
+    return ids, b.op("Gather", [segment_splits, pieces.splits], "spm/splits", axis=0)
 
 
 def build_text_graph(plan: TokenizerPlan, opset: int = 18) -> onnx.ModelProto:
@@ -45,7 +63,7 @@ def build_text_graph(plan: TokenizerPlan, opset: int = 18) -> onnx.ModelProto:
         raise TokenizerError(f"{plan.source}: tokenizer.json {problem}")
     b = GraphBuilder(opset)
     texts = b.op("Concat", ["text", b.const("rows/dummy", [DUMMY_ROW])], "rows/texts", axis=0)
-    ids, splits = byte_level_ids(b, texts, plan.backend)
+    ids, splits = content_ids(b, texts, plan)
     real = b.op("Slice", [splits, b.const("rows/0", [0]), b.const("rows/-1", [-1])], "rows/real_splits")
     starts, _, lengths = split_bounds(b, real, "rows/span")
     pack_template(b, ids, starts, lengths, max_length=plan.max_length, prefix=plan.prefix, suffix=plan.suffix,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import partial
 
 import numpy as np
-from onnx import TensorProto
+from onnx import TensorProto, helper
 
 from ..onnx_builder import CONTRIB, STRING, GraphBuilder
 
@@ -148,3 +148,43 @@ def pack_template(b: GraphBuilder, ids: str, starts: str, lengths: str, *, max_l
 
 def _column(b: GraphBuilder, axis1: str, p: str, value: str, name: str) -> str:
     return b.op("Unsqueeze", [value, axis1], f"{p}/{name}2")
+
+
+def append_optional(b: GraphBuilder, values: str, splits: str, extra: str, has_extra: str,
+                    p: str) -> tuple[str, str]:
+    """Row r of (values, splits) followed by extra[r] where has_extra[r]: new (values, splits).
+    Each value moves right by the number of extras in the rows before its own."""
+    starts, ends, lengths = split_bounds(b, splits, f"{p}/rows")
+    added = b.op("Cast", [has_extra], f"{p}/added", to=TensorProto.INT64)
+    new_ends = b.op("CumSum", [b.op("Add", [lengths, added], f"{p}/new_lengths"), b.const(f"{p}/axis0", 0)],
+                    f"{p}/new_ends")
+    new_splits = b.op("Concat", [b.const(f"{p}/zero", [0]), new_ends], f"{p}/new_splits", axis=0)
+    # shift of row r = extras in rows < r; spread over its values with the row index of each value
+    shift = b.op("Sub", [b.op("CumSum", [added, b.const(f"{p}/axis0s", 0)], f"{p}/added_through"), added],
+                 f"{p}/shift")
+    n = b.op("Shape", [values], f"{p}/n")
+    row_of = row_index(b, splits, n, f"{p}/row_of")
+    at = b.op("Add", [b.op("Range", [b.const(f"{p}/r0", 0), b.op("Squeeze", [n], f"{p}/n0"),
+                                     b.const(f"{p}/r1", 1)], f"{p}/positions"),
+                      b.op("Gather", [shift, row_of], f"{p}/value_shift", axis=0)], f"{p}/value_at")
+    extra_at = b.op("Compress", [b.op("Sub", [new_ends, b.const(f"{p}/one", 1)], f"{p}/last"), has_extra],
+                    f"{p}/extra_at", axis=0)
+    total = b.op("Slice", [new_splits, b.const(f"{p}/last_s", [-1]), b.const(f"{p}/last_e", [2**62])], f"{p}/total")
+    blank = b.op("ConstantOfShape", [total], f"{p}/blank", value=helper.make_tensor("z", TensorProto.INT64, [1], [0]))
+    out = b.op("ScatterElements", [blank, b.op("Concat", [at, extra_at], f"{p}/at", axis=0),
+                                   b.op("Concat", [values, b.op("Compress", [extra, has_extra], f"{p}/extras",
+                                                                axis=0)], f"{p}/scattered", axis=0)],
+               f"{p}/values", axis=0)
+    return out, new_splits
+
+
+def row_index(b: GraphBuilder, splits: str, n: str, p: str) -> str:
+    """int64 [n]: the row each of n ragged values belongs to (empty rows hold none)."""
+    marks = b.op("ScatterElements", [
+        b.op("ConstantOfShape", [b.op("Add", [n, b.const(f"{p}/one_more", [1])], f"{p}/n1")], f"{p}/zeros",
+             value=helper.make_tensor("z", TensorProto.INT64, [1], [0])),
+        splits, b.op("Expand", [b.const(f"{p}/one", 1), b.op("Shape", [splits], f"{p}/ns")], f"{p}/ones")],
+        f"{p}/starts_marked", axis=0, reduction="add")
+    rows = b.op("Sub", [b.op("CumSum", [marks, b.const(f"{p}/axis0", 0)], f"{p}/count"), b.const(f"{p}/one_r", 1)],
+                f"{p}/rows_all")
+    return b.op("Slice", [rows, b.const(f"{p}/s0", [0]), n], f"{p}/rows")

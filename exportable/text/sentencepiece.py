@@ -56,6 +56,11 @@ def sentencepiece_problem(backend: dict) -> str | None:
     kind = sentencepiece_kind(backend)
     if kind is None:
         return "model: only Unigram and BPE with byte_fallback are SentencePiece kinds"
+    vocab = backend["model"]["vocab"]
+    pieces = [entry[0] for entry in vocab] if isinstance(vocab, list) else list(vocab)
+    holding = next((piece for piece in pieces if "\x00" in piece or "\x01" in piece), None)
+    if holding is not None:  # \x01 stands in for NUL on the way through the ortx regex op
+        return f"model.vocab: the piece {holding!r} holds a \\x00 or \\x01 character; not supported"
     return _unigram_problem(backend) if kind == "unigram" else _bpe_problem(backend)
 
 
@@ -102,9 +107,13 @@ def _bpe_problem(backend: dict) -> str | None:
     return merges_problem(model)
 
 
-def sentencepiece_segment_ids(b: GraphBuilder, segments: str, first: str, backend: dict) -> tuple[str, str]:
+def sentencepiece_segment_ids(b: GraphBuilder, segments: str, first: str, backend: dict,
+                              marker_is_nul: str | None = None) -> tuple[str, str]:
     """(ids int64 [total], splits int64 [N+1]): the content ids of each segment [N] (no specials);
-    `first` [N] bool marks the first segment of each row (Metaspace prepend_scheme "first")."""
+    `first` [N] bool marks the first segment of each row (Metaspace prepend_scheme "first").
+    `marker_is_nul`: when the caller has sent every NUL as \x01 (the ortx regex op that cut the
+    segments reads C strings), for each \x00-or-\x01 character of the segments in order, whether
+    it was a NUL (exportable.text.bytelevel.nul_as_standin)."""
     problem = sentencepiece_problem(backend)
     if problem is not None:
         raise TokenizerError(problem)
@@ -113,7 +122,7 @@ def sentencepiece_segment_ids(b: GraphBuilder, segments: str, first: str, backen
     # One extra "" segment: the NUL split below returns a rank-1 tensor for an empty batch.
     segments = b.op("Concat", [segments, b.const(f"{p}/dummy_segment", [""])], f"{p}/segments", axis=0)
     first = b.op("Concat", [first, b.const(f"{p}/dummy_first", [False])], f"{p}/first", axis=0)
-    parts, is_nul = _split_nul(b, segments, p)
+    parts, is_nul = _split_nul(b, segments, p, marker_is_nul)
     if kind == "unigram":
         ids, splits = _unigram_ids(b, parts, is_nul, backend, p)
     else:
@@ -122,10 +131,13 @@ def sentencepiece_segment_ids(b: GraphBuilder, segments: str, first: str, backen
     return ids, real
 
 
-def _split_nul(b: GraphBuilder, segments: str, p: str) -> tuple[str, str]:
+def _split_nul(b: GraphBuilder, segments: str, p: str, marker_is_nul: str | None = None) -> tuple[str, str]:
     """parts [N, K]: each segment cut into its NUL characters and the runs between them, padded
     with "" (ORT's contrib Tokenizer keeps NUL bytes; ortx ops would stop reading at NUL);
-    is_nul [N, K]."""
+    is_nul [N, K]. With `marker_is_nul`, \x01 characters are cut out too and the ones that
+    stood for a NUL count as NUL (\x01 is in no piece: checked by sentencepiece_problem)."""
+    if marker_is_nul is not None:
+        return _split_markers(b, segments, p, marker_is_nul)
     parts = b.op("Tokenizer", [segments], f"{p}/raw_parts", domain=MS, types=[(STRING, 2)], mark=0, mincharnum=1,
                  pad_value="", tokenexp="\x00|[^\x00]+")
     # One more "" column: a batch of empty segments would give K = 0, which Reshape cannot express.
@@ -135,6 +147,26 @@ def _split_nul(b: GraphBuilder, segments: str, p: str) -> tuple[str, str]:
     flag = b.op("LabelEncoder", [parts], f"{p}/is_nul_int", domain=ML, keys_strings=["\x00"], values_int64s=[1],
                 default_int64=0)
     return parts, b.op("Cast", [flag], f"{p}/is_nul", to=TensorProto.BOOL)
+
+
+def _split_markers(b: GraphBuilder, segments: str, p: str, marker_is_nul: str) -> tuple[str, str]:
+    parts = b.op("Tokenizer", [segments], f"{p}/raw_parts", domain=MS, types=[(STRING, 2)], mark=0, mincharnum=1,
+                 pad_value="", tokenexp="\x00|\x01|[^\x00\x01]+")
+    rows = b.op("Concat", [_dim(b, segments, 0, f"{p}/n"), b.const(f"{p}/one_col", [1])], f"{p}/pad_shape", axis=0)
+    pad = b.op("Expand", [b.const(f"{p}/empty", [[""]]), rows], f"{p}/pad_col")
+    parts = b.op("Concat", [parts, pad], f"{p}/parts_padded", axis=1)
+    kind = b.op("LabelEncoder", [parts], f"{p}/marker_kind", domain=ML, keys_strings=["\x00", "\x01"],
+                values_int64s=[1, 1], default_int64=0)
+    is_marker = b.op("Cast", [kind], f"{p}/is_marker", to=TensorProto.BOOL)
+    flat = b.op("Reshape", [kind, b.const(f"{p}/flat", [-1])], f"{p}/marker_flat")
+    rank = b.op("Sub", [b.op("CumSum", [flat, b.const(f"{p}/cum0", 0)], f"{p}/marker_count"),
+                        b.const(f"{p}/one_rank", 1)], f"{p}/marker_rank")
+    rank = b.op("Max", [rank, b.const(f"{p}/zero_rank", 0)], f"{p}/marker_rank0")
+    flags = b.op("Concat", [marker_is_nul, b.const(f"{p}/no_marker", [False])], f"{p}/marker_flags", axis=0)
+    was_nul = b.op("Reshape", [b.op("Gather", [flags, rank], f"{p}/flag_flat", axis=0), b.op("Shape", [parts],
+                                                                                            f"{p}/parts_shape")],
+                   f"{p}/was_nul")
+    return parts, b.op("And", [is_marker, was_nul], f"{p}/is_nul")
 
 
 def _unigram_ids(b: GraphBuilder, parts: str, is_nul: str, backend: dict, p: str) -> tuple[str, str]:
