@@ -83,7 +83,7 @@ def train_sentencepiece(kind: str, folder) -> str:
     return prefix + ".model"
 
 
-def _sentencepiece_tokenizer(tmp_path_factory, kind: str, cls_name: str, file_name: str):
+def _sentencepiece_tokenizer(tmp_path_factory, kind: str, cls_name: str, file_name: str, **options):
     import shutil
 
     import transformers
@@ -92,7 +92,8 @@ def _sentencepiece_tokenizer(tmp_path_factory, kind: str, cls_name: str, file_na
     source = root / "source"
     source.mkdir()
     shutil.copy(train_sentencepiece(kind, root), source / file_name)
-    getattr(transformers, cls_name).from_pretrained(str(source), model_max_length=512).save_pretrained(root / "tok")
+    tokenizer = getattr(transformers, cls_name).from_pretrained(str(source), model_max_length=512, **options)
+    tokenizer.save_pretrained(root / "tok")
     return root / "tok"
 
 
@@ -104,5 +105,6 @@ def xlmr_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def llama_dir(tmp_path_factory):
-    """A Llama (SentencePiece BPE with byte fallback) tokenizer from a model trained here."""
-    return _sentencepiece_tokenizer(tmp_path_factory, "bpe", "LlamaTokenizer", "tokenizer.model")
+    """A Llama (SentencePiece BPE with byte fallback) tokenizer from a model trained here; BOS first,
+    as Llama's own tokenizer adds it."""
+    return _sentencepiece_tokenizer(tmp_path_factory, "bpe", "LlamaTokenizer", "tokenizer.model", add_bos_token=True)
