@@ -85,15 +85,30 @@ def test_ids_equal_hf_on_the_corpus(name, side, request):
     assert all(o.shape == (0, len(plan.prefix) + len(plan.suffix)) for o in empty)
 
 
-@pytest.mark.parametrize("name", ["gpt2", "roberta"])
+def byte_ids(hf, kind: str) -> list[int]:
+    """Tokens that stand for a lone byte >= 0x80 (continuation or lead bytes: invalid alone)."""
+    if kind == "bytelevel-bpe":
+        return [hf.convert_tokens_to_ids(c) for c in "ĢģĤĥ¢£¤¥¦§¨©ª«¬®¯°±²³´µ¶·¸¹º»¼½¾¿ÀÁÂÃÄÅÆÇÈÉÊËÌÍÎÏÐñòóôõö÷øùú"]
+    if kind == "sentencepiece-bpe":
+        return [hf.convert_tokens_to_ids(f"<0x{i:02X}>") for i in range(0x80, 0x100)]
+    return list(range(len(hf)))  # Unigram pieces are whole characters
+
+
+def nul_byte_id(hf, kind: str) -> int | None:
+    token = {"bytelevel-bpe": "Ā", "sentencepiece-bpe": "<0x00>"}.get(kind)  # the token of byte 0
+    return None if token is None else hf.convert_tokens_to_ids(token)
+
+
+@pytest.mark.parametrize("name", list(KINDS))
 def test_detokenizer_equals_batch_decode(name, request):
-    """Corpus round trips and random ids (invalid UTF-8 byte runs, special tokens, padding) at
-    several batch sizes: `batch_decode(ids, skip_special_tokens=True)`, U+FFFD repair included.
-    A decoded NUL byte is the one known difference: ortx StringJoin reads C strings and drops it."""
+    """Corpus round trips and random ids (lone bytes and broken sequences, special tokens,
+    padding) at several batch sizes: `batch_decode(ids, skip_special_tokens=True)`, U+FFFD repair
+    included (ByteLevel: one per maximal ill-formed run; ByteFallback: one per byte of a broken
+    group). A decoded NUL byte is the one known difference: ortx StringJoin reads C strings."""
     hf = load(request.getfixturevalue(f"{name}_dir"))
     run = session(build_decode_graph(plan_from_hf(hf, max_length=MAX_LENGTH), opset=18,
                                      clean_up_tokenization_spaces=hf.clean_up_tokenization_spaces))
-    nul_id = hf.convert_tokens_to_ids("Ā")  # the byte-level token of byte 0
+    nul_id = nul_byte_id(hf, KINDS[name])
 
     def check(ids):
         got = run.run(None, {"ids": np.asarray(ids, np.int64).reshape(len(ids), -1)})[0].tolist()
@@ -103,9 +118,9 @@ def test_detokenizer_equals_batch_decode(name, request):
 
     texts = tokenizer_corpus()
     nul_rows = sum(check(hf(chunk, padding=True)["input_ids"]) for chunk in batches(texts, 32))
-    assert nul_rows == sum("\x00" in t for t in texts)  # the only rows whose text differs
+    assert nul_rows <= sum("\x00" in t for t in texts)  # the only rows whose text may differ
     rng = random.Random(0)
-    invalid_bytes = [hf.convert_tokens_to_ids(c) for c in "ĢģĤĥ¢£¤¥¦§¨©ª«¬®¯°±²³´µ¶·¸¹º»¼½¾¿ÀÁÂÃÄÅÆÇÈÉÊËÌÍÎÏÐñòóôõö÷øùú"]
+    invalid_bytes = byte_ids(hf, KINDS[name])
     pool = [i for i in range(len(hf)) if i != nul_id]
     for _ in range(200):
         rows, width = rng.choice([1, 2, 7]), rng.choice([0, 1, 3, 17])

@@ -17,6 +17,7 @@ a decoded NUL byte is dropped; ids outside the vocabulary decode to nothing (HF 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -25,7 +26,8 @@ from onnx import TensorProto, helper
 from ..onnx_builder import GraphBuilder
 from .bytelevel import byte_to_char
 from .plan import TokenizerPlan
-from .ragged import join_rows
+from .ragged import join_rows, row_index
+from .sentencepiece import METASPACE
 from .settings import TokenizerError
 
 REPLACEMENT = "\ufffd".encode()
@@ -34,23 +36,59 @@ CLEAN_UP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), ("
             (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
 
 
-def token_bytes(plan: TokenizerPlan, skip_special_tokens: bool = True) -> list[bytes]:
-    """The bytes each id decodes to (index = id)."""
-    if plan.kind != "bytelevel-bpe":
-        raise TokenizerError(f"{plan.source}: decoding {plan.kind} tokenizers in the graph is not supported yet "
-                             "(supported: bytelevel-bpe)")
-    chars = {c: byte for byte, c in byte_to_char().items()}
-    tokens = {int(i): t for t, i in plan.backend["model"]["vocab"].items()}
+@dataclass(frozen=True)
+class DecodeTable:
+    """What each id decodes to, as the pipeline's decoder says."""
+
+    token_bytes: list[bytes]          # index = id; special tokens empty when skipped
+    byte_token: list[bool]            # ByteFallback: a <0xNN> piece (groups of them decode together)
+    strip_leading_space: bool = False  # Metaspace's first-token rule / Strip(' ', 1, 0) after Fuse
+
+
+def decode_table(plan: TokenizerPlan, skip_special_tokens: bool = True) -> DecodeTable:
+    """The table for `plan`'s decoder, or TokenizerError naming a decoder the graph cannot follow."""
+    steps = _decoder_steps(plan.backend.get("decoder"))
+    model = plan.backend["model"]
+    vocab = model["vocab"]
+    pieces = {i: entry[0] for i, entry in enumerate(vocab)} if isinstance(vocab, list) else \
+        {int(i): t for t, i in vocab.items()}
     added = {int(t["id"]): t for t in plan.backend.get("added_tokens") or []}
-    size = max([*tokens, *added]) + 1
-    table = []
+    size = max([*pieces, *added]) + 1
+    chars = {c: byte for byte, c in byte_to_char().items()}
+    table, flags = [], []
     for i in range(size):
-        if i in added and added[i].get("special") and skip_special_tokens:
-            table.append(b"")
+        token = added[i]["content"] if i in added else pieces.get(i)
+        skipped = token is None or (i in added and added[i].get("special") and skip_special_tokens)
+        data, is_byte = (b"", False) if skipped else _token(token, steps, chars)
+        table.append(data)
+        flags.append(is_byte)
+    return DecodeTable(table, flags, "strip" in steps)
+
+
+def _decoder_steps(decoder: dict | None) -> set[str]:
+    """The decoder as a set of the steps exportable reproduces, or TokenizerError with its path."""
+    parts = decoder.get("decoders") if decoder and decoder.get("type") == "Sequence" else [decoder]
+    steps = set()
+    for i, part in enumerate(parts):
+        where = "decoder" if len(parts) == 1 else f"decoder.decoders[{i}]"
+        kind = (part or {}).get("type")
+        if kind == "ByteLevel":
+            steps.add("bytelevel")
+        elif kind == "Metaspace" and part.get("replacement") == METASPACE:
+            steps.add("metaspace")
+            if part.get("prepend_scheme", "always") != "never":
+                steps.add("strip")
+        elif kind == "Replace" and part.get("pattern") == {"String": METASPACE} and part.get("content") == " ":
+            steps.add("metaspace")
+        elif kind == "ByteFallback":
+            steps.add("bytefallback")
+        elif kind == "Fuse":
             continue
-        text = added[i]["content"] if i in added else tokens.get(i)
-        table.append(b"" if text is None else _byte_level(text, chars))
-    return table
+        elif kind == "Strip" and part.get("content") == " " and part.get("start") == 1 and not part.get("stop"):
+            steps.add("strip")
+        else:
+            raise TokenizerError(f"tokenizer.json {where}: {kind!r} {part} is not supported for decoding")
+    return steps
 
 
 def _byte_level(token: str, chars: dict[str, int]) -> bytes:
@@ -61,11 +99,21 @@ def _byte_level(token: str, chars: dict[str, int]) -> bytes:
     return token.encode()
 
 
+def _token(token: str, steps: set[str], chars: dict[str, int]) -> tuple[bytes, bool]:
+    if "bytefallback" in steps and len(token) == 6 and token.startswith("<0x") and token.endswith(">"):
+        return bytes([int(token[3:5], 16)]), True
+    if "bytelevel" in steps:
+        return _byte_level(token, chars), False
+    if "metaspace" in steps:
+        return token.replace(METASPACE, " ").encode(), False
+    return token.encode(), False
+
+
 def build_decode_graph(plan: TokenizerPlan, opset: int = 18, skip_special_tokens: bool = True,
                        clean_up_tokenization_spaces: bool = False, ids_name: str = "ids",
                        text_name: str = "text") -> onnx.ModelProto:
     b = GraphBuilder(opset)
-    decode_into(b, ids_name, text_name, token_bytes(plan, skip_special_tokens), clean_up_tokenization_spaces)
+    decode_into(b, ids_name, text_name, decode_table(plan, skip_special_tokens), clean_up_tokenization_spaces)
     model = b.model(
         "detokenizer",
         [helper.make_tensor_value_info(ids_name, TensorProto.INT64, ["batch", "steps"])],
@@ -77,10 +125,10 @@ def build_decode_graph(plan: TokenizerPlan, opset: int = 18, skip_special_tokens
     return model
 
 
-def decode_into(b: GraphBuilder, ids: str, out: str, table: list[bytes], clean_up: bool = False) -> str:
+def decode_into(b: GraphBuilder, ids: str, out: str, table: DecodeTable, clean_up: bool = False) -> str:
     """Nodes that decode `ids` [batch, steps] into the string tensor `out` [batch]."""
-    byte_values, row_splits = _row_bytes(b, ids, table)
-    pieces = _repaired_pieces(b, byte_values, row_splits)
+    byte_values, from_byte_token, row_splits = _row_bytes(b, ids, table)
+    pieces = _repaired_pieces(b, byte_values, from_byte_token, row_splits, table.strip_leading_space)
     # One extra row of one piece, dropped after the join: ortx StringJoin crashes the process on an
     # input with no row or no column (ids [0, S] or [B, 0] gave a segfault).
     pieces = b.op("Concat", [pieces, b.const("decode/dummy_piece", ["-"])], "decode/pieces_dummy", axis=0)
@@ -95,45 +143,50 @@ def decode_into(b: GraphBuilder, ids: str, out: str, table: list[bytes], clean_u
     return b.op("Identity", [text], out)
 
 
-def _row_bytes(b: GraphBuilder, ids: str, table: list[bytes]) -> tuple[str, str]:
-    """(bytes [total] int32, splits [batch + 1]) of each row's tokens, in order."""
-    width = max(1, max(len(t) for t in table))
-    padded = np.zeros((len(table) + 1, width), np.int32)  # one extra row: the empty token
-    lengths = np.zeros(len(table) + 1, np.int64)
-    for i, token in enumerate(table):
+def _row_bytes(b: GraphBuilder, ids: str, table: DecodeTable) -> tuple[str, str, str]:
+    """(bytes [total] int32, from a byte token [total] bool, splits [batch + 1]) of each row's tokens."""
+    tokens = table.token_bytes
+    width = max(1, max(len(t) for t in tokens))
+    padded = np.zeros((len(tokens) + 1, width), np.int32)  # one extra row: the empty token
+    lengths = np.zeros(len(tokens) + 1, np.int64)
+    for i, token in enumerate(tokens):
         padded[i, :len(token)] = list(token)
         lengths[i] = len(token)
     known = b.op("And", [b.op("GreaterOrEqual", [ids, b.const("decode/zero", 0)], "decode/ge0"),
-                         b.op("Less", [ids, b.const("decode/size", len(table))], "decode/lt_size")], "decode/known")
-    safe = b.op("Where", [known, ids, b.const("decode/empty_id", len(table))], "decode/safe_ids")
+                         b.op("Less", [ids, b.const("decode/size", len(tokens))], "decode/lt_size")], "decode/known")
+    safe = b.op("Where", [known, ids, b.const("decode/empty_id", len(tokens))], "decode/safe_ids")
     token_bytes_ = b.op("Gather", [b.const("decode/byte_table", padded), safe], "decode/token_bytes", axis=0)
     token_lengths = b.op("Gather", [b.const("decode/length_table", lengths), safe], "decode/token_lengths", axis=0)
+    byte_token = b.op("Gather", [b.const("decode/byte_token_table", [*table.byte_token, False]), safe],
+                      "decode/byte_token", axis=0)
     cols = b.const("decode/cols", np.arange(width, dtype=np.int64))
     valid = b.op("Less", [cols, b.op("Unsqueeze", [token_lengths, b.const("decode/axis2", [2])], "decode/len3")],
                  "decode/valid")
     flat = b.const("decode/flat", [-1])
-    values = b.op("Compress", [b.op("Reshape", [token_bytes_, flat], "decode/bytes_flat"),
-                               b.op("Reshape", [valid, flat], "decode/valid_flat")], "decode/bytes", axis=0)
+    valid_flat = b.op("Reshape", [valid, flat], "decode/valid_flat")
+    values = b.op("Compress", [b.op("Reshape", [token_bytes_, flat], "decode/bytes_flat"), valid_flat],
+                  "decode/bytes", axis=0)
+    spread = b.op("Expand", [b.op("Unsqueeze", [byte_token, b.const("decode/axis2b", [2])], "decode/bt3"),
+                             b.op("Shape", [valid], "decode/valid_shape")], "decode/byte_token_bytes")
+    from_byte_token = b.op("Compress", [b.op("Reshape", [spread, flat], "decode/bt_flat"), valid_flat],
+                           "decode/from_byte_token", axis=0)
     per_row = b.op("ReduceSum", [token_lengths, b.const("decode/axis1", [1])], "decode/row_bytes", keepdims=0)
     ends = b.op("CumSum", [per_row, b.const("decode/axis0", 0)], "decode/ends")
-    return values, b.op("Concat", [b.const("decode/start0", [0]), ends], "decode/splits", axis=0)
+    return values, from_byte_token, b.op("Concat", [b.const("decode/start0", [0]), ends], "decode/splits", axis=0)
 
 
-def _repaired_pieces(b: GraphBuilder, x: str, splits: str) -> str:
+def _repaired_pieces(b: GraphBuilder, x: str, from_byte_token: str, splits: str, strip_leading_space: bool) -> str:
     """One string per byte: the byte itself where it belongs to a well-formed sequence, U+FFFD where
-    a maximal ill-formed subsequence starts, "" for the rest of that subsequence."""
+    a maximal ill-formed subsequence starts, "" for the rest of that subsequence. Bytes of <0xNN>
+    tokens (ByteFallback) decode by groups of consecutive such tokens: a group that is not all
+    well-formed is one U+FFFD per byte, as tokenizers' ByteFallback decoder does."""
     p = "utf8"
     n = b.op("Shape", [x], f"{p}/n")
     positions = b.op("Range", [b.const(f"{p}/r0", 0), b.op("Squeeze", [n], f"{p}/n0"), b.const(f"{p}/r1", 1)],
                      f"{p}/positions")
-    # row end of each byte: bytes at or past it belong to the next row
-    row = b.op("Sub", [b.op("CumSum", [b.op("ScatterElements", [
-        b.op("ConstantOfShape", [b.op("Add", [n, b.const(f"{p}/one_more", [1])], f"{p}/n1")], f"{p}/zeros",
-             value=helper.make_tensor("zero", TensorProto.INT64, [1], [0])),
-        splits, b.op("Expand", [b.const(f"{p}/one", 1), b.op("Shape", [splits], f"{p}/ns")], f"{p}/ones")],
-        f"{p}/starts_marked", axis=0, reduction="add"), b.const(f"{p}/axis0", 0)], f"{p}/row_plus1"),
-        b.const(f"{p}/one_r", 1)], f"{p}/row_all")
-    row = b.op("Slice", [row, b.const(f"{p}/s0", [0]), n], f"{p}/row")
+    row = row_index(b, splits, n, f"{p}/row_of")
+    row_start = b.op("Equal", [positions, b.op("Gather", [splits, row], f"{p}/row_start_at", axis=0)],
+                     f"{p}/row_start")
     row_end = b.op("Gather", [splits, b.op("Add", [row, b.const(f"{p}/one_e", 1)], f"{p}/row1")], f"{p}/row_end",
                    axis=0)
     # x shifted by k within its row (-1 past the row's end: never a continuation byte)
@@ -172,8 +225,33 @@ def _repaired_pieces(b: GraphBuilder, x: str, splits: str) -> str:
     absorbed = b.op("And", [uncovered, absorbed], f"{p}/absorbed")
     code = b.op("Where", [absorbed, b.const(f"{p}/code_empty", 257), b.const(f"{p}/code_fffd", 256)], f"{p}/code_bad")
     code = b.op("Where", [covered, b.op("Cast", [x], f"{p}/x64", to=TensorProto.INT64), code], f"{p}/code")
+    bad_group = _in_bad_group(b, from_byte_token, row_start, uncovered, n, p)
+    code = b.op("Where", [bad_group, b.const(f"{p}/code_group_fffd", 256), code], f"{p}/code_groups")
+    if strip_leading_space:
+        space_first = b.op("And", [row_start, b.op("Equal", [code, b.const(f"{p}/space", 32)], f"{p}/is_space")],
+                           f"{p}/space_first")
+        code = b.op("Where", [space_first, b.const(f"{p}/code_stripped", 257), code], f"{p}/code_stripped_first")
     table = b.const(f"{p}/piece_table", [bytes([i]) for i in range(256)] + [REPLACEMENT, b""], object)
     return b.op("Gather", [table, code], f"{p}/pieces", axis=0)
+
+
+def _in_bad_group(b: GraphBuilder, from_byte_token: str, row_start: str, uncovered: str, n: str, p: str) -> str:
+    """Bytes of a ByteFallback group (consecutive <0xNN> tokens) that holds an ill-formed byte."""
+    before = _shift_back(b, from_byte_token, 1, False, p, "bt_before")
+    starts = b.op("And", [from_byte_token, b.op("Or", [row_start, b.op("Not", [before], f"{p}/not_bt_before")],
+                                                f"{p}/boundary")], f"{p}/group_start")
+    group = b.op("Sub", [b.op("CumSum", [b.op("Cast", [starts], f"{p}/group_start_i", to=TensorProto.INT64),
+                                         b.const(f"{p}/g_axis", 0)], f"{p}/group_count"), b.const(f"{p}/g1", 1)],
+                 f"{p}/group_raw")
+    slot = b.op("Where", [from_byte_token, group, b.op("Squeeze", [n], f"{p}/n_slot")], f"{p}/group")
+    bad = b.op("ScatterElements", [
+        b.op("ConstantOfShape", [b.op("Add", [n, b.const(f"{p}/g_more", [1])], f"{p}/g_n1")], f"{p}/g_zeros",
+             value=helper.make_tensor("zero", TensorProto.INT64, [1], [0])),
+        slot, b.op("Cast", [uncovered], f"{p}/uncovered_i", to=TensorProto.INT64)], f"{p}/group_bad", axis=0,
+        reduction="max")
+    hit = b.op("Greater", [b.op("Gather", [bad, slot], f"{p}/byte_group_bad", axis=0), b.const(f"{p}/g0", 0)],
+               f"{p}/group_hit")
+    return b.op("And", [from_byte_token, hit], f"{p}/in_bad_group")
 
 
 def _lead_rules(b, x, x1, between, p) -> tuple[str, str]:
