@@ -160,8 +160,9 @@ def charsmap_table(charsmap: Charsmap) -> CharTable:
                      isolate=(), mapping=mapping)
 
 
-def precompiled_normalize(b: GraphBuilder, text: str, charsmap: Charsmap, p: str) -> str:
-    """`text` [N] normalized as tokenizers' Precompiled normalizer does, Unicode whitespace as ' '."""
+def precompiled_normalize(b: GraphBuilder, text: str, charsmap: Charsmap, p: str) -> tuple[str, dict[str, str]]:
+    """(`text` [N] normalized as tokenizers' Precompiled normalizer does, Unicode whitespace as
+    ' '; rules sentencepiece's normalizer must still apply, see _late_rules, or {})."""
     ext = confirmed_extenders(charsmap)
     mark, *tags = _controls(charsmap, 4)
     # tag: each extender gets a control character after it that says its UTF-8 size (2, 3, 4),
@@ -203,9 +204,44 @@ def precompiled_normalize(b: GraphBuilder, text: str, charsmap: Charsmap, p: str
         text = b.op("StringRegexReplace", [text, b.const(f"{p}/cluster{i}_pattern", pattern),
                                            b.const(f"{p}/cluster{i}_rewrite", rewrite)],
                     f"{p}/cluster{i}", domain=CONTRIB, types=[(STRING, 1)])
-    if tagged:
-        text = _compose_pairs(b, text, tagged, p)
-    return apply_char_table(b, text, charsmap_table(charsmap))
+    table = charsmap_table(charsmap)
+    late = _late_rules(tagged, table, [mark, *tags])
+    if late is None:  # compose here: split off the pairs, StringMapping, join
+        if tagged:
+            text = _compose_pairs(b, text, tagged, p)
+        return apply_char_table(b, text, table), {}
+    keep = code_point_ranges(sorted(ord(c) for c in (mark, *tags)))
+    table = CharTable(drop=_minus(table.drop, keep), space=table.space, isolate=(), mapping=table.mapping)
+    return apply_char_table(b, text, table), late
+
+
+def _late_rules(tagged: dict[str, str], table: CharTable, controls: list[str]) -> dict[str, str] | None:
+    """Rules for sentencepiece's own normalizer, run after the table: each tagged pair (as the
+    table leaves it) -> its value, MARK and the tags -> ''. sentencepiece then composes the pairs
+    without a split and join here. None when the table could make a pair out of characters HF
+    would not compose (a mark the table maps onto another pair's mark)."""
+    inverse: dict[str, list[str]] = {}
+    for ch, value in table.mapping.items():
+        inverse.setdefault(value, []).append(ch)
+    late = {c: "" for c in controls}
+    for key, value in tagged.items():
+        base, mark, tag = key[0], key[1], key[2]
+        seen = table.apply(mark)
+        if not seen or table.apply(base) != base:
+            return None
+        for other in inverse.get(seen, []) + ([seen] if seen not in table.mapping else []):
+            if len(other.encode()) == len(mark.encode()) and tagged.get(base + other + tag, value) != value:
+                return None
+            if len(other.encode()) == len(mark.encode()) and base + other + tag not in tagged:
+                return None
+        if late.setdefault(base + seen + tag, value) != value:
+            return None
+    return late
+
+
+def _minus(ranges, remove) -> tuple:
+    cps = {cp for lo, hi in ranges for cp in range(lo, hi + 1)} - {cp for lo, hi in remove for cp in range(lo, hi + 1)}
+    return code_point_ranges(sorted(cps))
 
 
 def _controls(charsmap: Charsmap, count: int) -> list[str]:

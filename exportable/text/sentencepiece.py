@@ -141,12 +141,12 @@ def _unigram_ids(b: GraphBuilder, parts: str, is_nul: str, backend: dict, p: str
     parts = b.op("Where", [is_nul, b.const(f"{p}/nul_standin", _nul_standin(backend)), parts], f"{p}/standin_parts")
     text = b.op("StringJoin", [parts, b.const(f"{p}/join_sep", ""), b.const(f"{p}/join_axis", 1)], f"{p}/text",
                 domain=CONTRIB, types=[(STRING, 1)])
-    charsmap = charsmap_of(backend)
+    charsmap, late = charsmap_of(backend), {}
     if charsmap is None:
         text = _whitespace_to_space(b, text, p)
     else:
-        text = precompiled_normalize(b, text, charsmap, f"{p}/normalize")
-    return _per_word(b, text, unigram_proto(backend), p)
+        text, late = precompiled_normalize(b, text, charsmap, f"{p}/normalize")
+    return _per_word(b, text, unigram_proto(backend, late), p)
 
 
 def _per_word(b: GraphBuilder, text: str, proto: bytes, p: str) -> tuple[str, str]:
