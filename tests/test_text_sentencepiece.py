@@ -170,3 +170,17 @@ def test_bpe_merges_sentencepiece_cannot_order_are_refused(tokenizers):
     rank = next(i for i in range(1, len(made)) if made[i] == made[i - 1])
     backend["model"]["merges"] = [list(m) for m in merges[:rank] + merges[rank + 1:]]
     assert sentencepiece_problem(backend).startswith("model.merges: ")
+
+
+def test_unigram_normalizer_sequence_of_the_old_t5_converter(tokenizers):
+    """Sequence[Precompiled, Replace(" {2,}" -> " ")] (tokenizer.json files from the old T5
+    converter) is accepted and exact; checked against tokenizers running that same JSON."""
+    from tokenizers import Tokenizer
+
+    backend = json.loads(tokenizers["unigram"].backend_tokenizer.to_str())
+    collapse = {"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": " "}
+    backend["normalizer"] = {"type": "Sequence", "normalizers": [backend["normalizer"], collapse]}
+    assert sentencepiece_problem(backend) is None
+    reference, run = Tokenizer.from_str(json.dumps(backend)), _graph_runner(backend)
+    texts = _without_added(tokenizers["unigram"])[:300]
+    assert run(texts) == [reference.encode(t, add_special_tokens=False).ids for t in texts]

@@ -285,10 +285,13 @@ def _escape(s: str) -> str:
 
 
 def charsmap_of(backend: dict) -> Charsmap | None:
-    normalizer = backend.get("normalizer")
-    if normalizer is None:
-        return None
-    return _parse_cached(normalizer["precompiled_charsmap"])
+    """The charsmap of the (only) Precompiled step of the backend's normalizer, if any."""
+    normalizer = backend.get("normalizer") or {}
+    steps = normalizer.get("normalizers", []) if normalizer.get("type") == "Sequence" else [normalizer]
+    for step in steps:
+        if step.get("type") == "Precompiled" and step.get("precompiled_charsmap"):
+            return _parse_cached(step["precompiled_charsmap"])
+    return None
 
 
 @functools.lru_cache(maxsize=2)

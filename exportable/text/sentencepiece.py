@@ -65,8 +65,9 @@ def _unigram_problem(backend: dict) -> str | None:
         return "model.byte_fallback: Unigram with byte fallback is not supported"
     if model.get("unk_id") is None:
         return "model.unk_id: a Unigram model without an unknown piece is not supported"
-    if normalizer is not None and normalizer.get("type") != "Precompiled":
-        return f"normalizer: {normalizer.get('type')} is not supported (only Precompiled)"
+    problem = _unigram_normalizer_problem(normalizer)
+    if problem is not None:
+        return problem
     pre = backend.get("pre_tokenizer") or {}
     steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
     if [s.get("type") for s in steps] != ["WhitespaceSplit", "Metaspace"]:
@@ -77,6 +78,24 @@ def _unigram_problem(backend: dict) -> str | None:
         return f"{path}: Metaspace must be replacement ▁, prepend_scheme always, split true"
     if _nul_standin(backend) is None:
         return "model.vocab: no stand-in for NUL (U+FFFE, U+FDD0 or U+10FFFF kept unknown) is available"
+    return None
+
+
+def _unigram_normalizer_problem(normalizer: dict | None) -> str | None:
+    """Precompiled, alone or in a Sequence, optionally with Replace(" {2,}" -> " ") (the old T5
+    converter's: a no-op before WhitespaceSplit)."""
+    if normalizer is None or normalizer.get("type") == "Precompiled":
+        return None
+    if normalizer.get("type") != "Sequence":
+        return f"normalizer: {normalizer.get('type')} is not supported (only Precompiled)"
+    steps = normalizer.get("normalizers", [])
+    for i, step in enumerate(steps):
+        collapse = (step.get("type") == "Replace" and step.get("pattern") == {"Regex": " {2,}"}
+                    and step.get("content") == " ")
+        if step.get("type") != "Precompiled" and not collapse:
+            return f"normalizer.normalizers[{i}]: {step.get('type')} is not supported (only Precompiled)"
+    if [step.get("type") for step in steps].count("Precompiled") > 1:
+        return "normalizer: more than one Precompiled step is not supported"
     return None
 
 
