@@ -184,3 +184,23 @@ def test_unigram_normalizer_sequence_of_the_old_t5_converter(tokenizers):
     reference, run = Tokenizer.from_str(json.dumps(backend)), _graph_runner(backend)
     texts = _without_added(tokenizers["unigram"])[:300]
     assert run(texts) == [reference.encode(t, add_special_tokens=False).ids for t in texts]
+
+
+def test_bpe_legacy_prepend_normalizer(tokenizers):
+    """The older Llama tokenizer.json (normalizer Prepend ▁ + Replace ' ' -> ▁, no pre-tokenizer):
+    every segment gets ▁, even before a space; checked against tokenizers running that JSON."""
+    from tokenizers import Tokenizer
+
+    backend = json.loads(tokenizers["bpe"].backend_tokenizer.to_str())
+    backend["normalizer"] = {"type": "Sequence", "normalizers": [
+        {"type": "Prepend", "prepend": "▁"}, {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]}
+    backend["pre_tokenizer"] = None
+    assert sentencepiece_problem(backend) is None
+    reference, run = Tokenizer.from_str(json.dumps(backend)), _graph_runner(backend)
+    texts = _without_added(tokenizers["bpe"])
+    assert run(texts) == [reference.encode(t, add_special_tokens=False).ids for t in texts]
+    eos = reference.token_to_id("</s>")
+    for text in ("hello</s> world", "</s>world", " a</s> b"):
+        segments = text.split("</s>")
+        ids = run(segments, first=[True] + [False] * (len(segments) - 1))
+        assert ids[0] + [eos] + ids[1] == reference.encode(text, add_special_tokens=False).ids

@@ -81,6 +81,15 @@ def _unigram_problem(backend: dict) -> str | None:
     return None
 
 
+def _legacy_metaspace(backend: dict) -> bool:
+    """The older Llama/Mistral tokenizer.json: ▁ prepended to every segment, even before a
+    space, by the normalizer, and no pre-tokenizer."""
+    legacy = {"type": "Sequence", "normalizers": [
+        {"type": "Prepend", "prepend": METASPACE},
+        {"type": "Replace", "pattern": {"String": " "}, "content": METASPACE}]}
+    return backend.get("normalizer") == legacy and backend.get("pre_tokenizer") is None
+
+
 def _unigram_normalizer_problem(normalizer: dict | None) -> str | None:
     """Precompiled, alone or in a Sequence, optionally with Replace(" {2,}" -> " ") (the old T5
     converter's: a no-op before WhitespaceSplit)."""
@@ -101,13 +110,15 @@ def _unigram_normalizer_problem(normalizer: dict | None) -> str | None:
 
 def _bpe_problem(backend: dict) -> str | None:
     model = backend["model"]
-    if backend.get("normalizer") is not None:
-        return f"normalizer: {backend['normalizer'].get('type')} is not supported with byte-fallback BPE"
-    pre = backend.get("pre_tokenizer") or {}
-    if pre.get("type") != "Metaspace":
-        return f"pre_tokenizer: {pre.get('type')} is not supported (only Metaspace)"
-    if (pre.get("replacement"), pre.get("prepend_scheme"), pre.get("split")) != (METASPACE, "first", False):
-        return "pre_tokenizer: Metaspace must be replacement ▁, prepend_scheme first, split false"
+    if not _legacy_metaspace(backend):
+        if backend.get("normalizer") is not None:
+            return (f"normalizer: {backend['normalizer'].get('type')} is not supported with byte-fallback BPE "
+                    "(only none, or Sequence[Prepend ▁, Replace ' ' -> ▁] without a pre_tokenizer)")
+        pre = backend.get("pre_tokenizer") or {}
+        if pre.get("type") != "Metaspace":
+            return f"pre_tokenizer: {pre.get('type')} is not supported (only Metaspace)"
+        if (pre.get("replacement"), pre.get("prepend_scheme"), pre.get("split")) != (METASPACE, "first", False):
+            return "pre_tokenizer: Metaspace must be replacement ▁, prepend_scheme first, split false"
     for key in ("dropout", "continuing_subword_prefix", "end_of_word_suffix"):
         if model.get(key):
             return f"model.{key}: {model[key]!r} is not supported"
@@ -184,11 +195,17 @@ def _bpe_ids(b: GraphBuilder, parts: str, is_nul: str, first: str, backend: dict
     first segment (before a leading NUL too: HF prepends to the whole segment)."""
     cols = b.op("Range", [b.const(f"{p}/c0", 0), b.op("Squeeze", [_dim(b, parts, 1, p), b.const(f"{p}/ax0", [0])],
                                                        f"{p}/k"), b.const(f"{p}/c1", 1)], f"{p}/cols")
-    at_start = b.op("And", [b.op("Unsqueeze", [first, b.const(f"{p}/ax1", [1])], f"{p}/first2"),
-                            b.op("Equal", [cols, b.const(f"{p}/zero", 0)], f"{p}/col0")], f"{p}/at_start")
+    at_start = b.op("Equal", [cols, b.const(f"{p}/zero", 0)], f"{p}/col0")
+    # Metaspace "first": only a row's first segment, and not before a space or ▁ (the legacy
+    # Prepend normalizer: every non-empty segment, whatever it starts with).
+    legacy = _legacy_metaspace(backend)
+    if not legacy:
+        at_start = b.op("And", [b.op("Unsqueeze", [first, b.const(f"{p}/ax1", [1])], f"{p}/first2"), at_start],
+                        f"{p}/at_start")
     # A NUL part keeps "" for sentencepiece (its id is added below), or "▁" where ▁ goes first.
     text = b.op("Where", [is_nul, b.const(f"{p}/nothing", ""), parts], f"{p}/text_parts")
-    prefixed = b.op("StringRegexReplace", [text, b.const(f"{p}/lead_pattern", f"^([^ {METASPACE}])"),
+    lead = "^((?s).)" if legacy else f"^([^ {METASPACE}])"
+    prefixed = b.op("StringRegexReplace", [text, b.const(f"{p}/lead_pattern", lead),
                                            b.const(f"{p}/lead_rewrite", " \\1")],
                     f"{p}/prefixed", domain=CONTRIB, types=[(STRING, 2)], global_replace=0)
     before_nul = b.op("And", [at_start, is_nul], f"{p}/before_nul")
