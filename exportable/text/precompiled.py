@@ -182,14 +182,18 @@ def precompiled_normalize(b: GraphBuilder, text: str, charsmap: Charsmap, p: str
     # protect: a cluster that reaches 6 bytes, or that a Prepend character starts (GB9b), keeps
     # every character: MARK after the character that starts it stops the rules below. Any
     # character of that size will do (MARK inside a cluster of 6 bytes or more changes nothing).
-    # Extenders longer than the bytes left (5 - head): 1-byte head > 4, 2-byte > 3, 3-byte > 2.
+    # Extenders longer than the bytes left (5 - head): 1-byte head > 4, 2-byte > 3, 3-byte > 2,
+    # 4-byte > 1.
     protect = "|".join([
         f"([\\x{{20}}-\\x{{7E}}])({t2}{t2}{x}|{x34}{x}|{t2}{x34})",
         f"([\\x{{80}}-\\x{{7FF}}])({t4}|{x}{x})",
         f"([\\x{{800}}-\\x{{FFFF}}])({x34}|{x}{x})",
-        f"({_cls(prepend)}{_not(breakers())})({x})",
     ])
-    rules.append((protect, f"\\1\\3\\5\\7{mark}\\2\\4\\6\\8"))
+    rules.append((protect, f"\\1\\3\\5{mark}\\2\\4\\6"))
+    # 4-byte heads too: the table may turn one into a pair base ("𝖞" -> "y") that sentencepiece's
+    # late rules would compose with the mark that follows. (A rewrite has groups \\1..\\9 only.)
+    protect = f"([\\x{{10000}}-\\x{{10FFFF}}])({x})|({_cls(prepend)}{_not(breakers())})({x})"
+    rules.append((protect, f"\\1\\3{mark}\\2\\4"))
     # drop: what still follows a head is the rest of a cluster under 6 bytes, which becomes the
     # head's value alone (a pair's too).
     if heads:
