@@ -28,10 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..onnx_builder import CONTRIB, SPLIT_TYPES, STRING, GraphBuilder
-from .char_graph import apply_char_table
-from .normalize import CharTable, code_point_ranges, regex_class
-from .ragged import join_rows
+from ..onnx_builder import CONTRIB, STRING, GraphBuilder
+from .normalize import code_point_ranges, regex_class
 from .settings import TokenizerError
 
 CONTROLS = "".join(chr(c) for c in range(1, 32) if chr(c) not in "\t\n\r")
@@ -144,25 +142,10 @@ def _grapheme_class(pattern: str) -> frozenset[str]:
     return frozenset(chr(cp) for cp in range(0x110000) if not 0xD800 <= cp <= 0xDFFF and compiled.match(chr(cp)))
 
 
-def charsmap_table(charsmap: Charsmap) -> CharTable:
-    """The per-character map, whitespace included: every Unicode whitespace character that the
-    map keeps or maps to ' ' becomes ' ' (HF splits words at all of them)."""
-    drop, space, mapping = [], [], {}
-    for ch, value in charsmap.single.items():
-        if value == "":
-            drop.append(ord(ch))
-        elif value == " " or (not value.strip() and len(value) == 1):
-            space.append(ord(ch))
-        else:
-            mapping[ch] = value
-    space += [ord(c) for c in UNICODE_WHITESPACE if c != " " and c not in charsmap.single]
-    return CharTable(drop=code_point_ranges(sorted(set(drop))), space=code_point_ranges(sorted(set(space))),
-                     isolate=(), mapping=mapping)
-
-
 def precompiled_normalize(b: GraphBuilder, text: str, charsmap: Charsmap, p: str) -> tuple[str, dict[str, str]]:
-    """(`text` [N] normalized as tokenizers' Precompiled normalizer does, Unicode whitespace as
-    ' '; rules sentencepiece's normalizer must still apply, see _late_rules, or {})."""
+    """(`text` [N] with tokenizers' cluster rule applied, the rules that sentencepiece's
+    normalizer applies to finish the job: `text` normalized as tokenizers' Precompiled
+    normalizer does, with Unicode whitespace as ' ')."""
     ext = confirmed_extenders(charsmap)
     mark, *tags = _controls(charsmap, 4)
     # tag: each extender gets a control character after it that says its UTF-8 size (2, 3, 4),
@@ -208,44 +191,29 @@ def precompiled_normalize(b: GraphBuilder, text: str, charsmap: Charsmap, p: str
         text = b.op("StringRegexReplace", [text, b.const(f"{p}/cluster{i}_pattern", pattern),
                                            b.const(f"{p}/cluster{i}_rewrite", rewrite)],
                     f"{p}/cluster{i}", domain=CONTRIB, types=[(STRING, 1)])
-    table = charsmap_table(charsmap)
-    late = _late_rules(tagged, table, [mark, *tags])
-    if late is None:  # compose here: split off the pairs, StringMapping, join
-        if tagged:
-            text = _compose_pairs(b, text, tagged, p)
-        return apply_char_table(b, text, table), {}
-    keep = code_point_ranges(sorted(ord(c) for c in (mark, *tags)))
-    table = CharTable(drop=_minus(table.drop, keep), space=table.space, isolate=(), mapping=table.mapping)
-    return apply_char_table(b, text, table), late
+    return text, spm_rules(charsmap, tagged, [mark, *tags])
 
 
-def _late_rules(tagged: dict[str, str], table: CharTable, controls: list[str]) -> dict[str, str] | None:
-    """Rules for sentencepiece's own normalizer, run after the table: each tagged pair (as the
-    table leaves it) -> its value, MARK and the tags -> ''. sentencepiece then composes the pairs
-    without a split and join here. None when the table could make a pair out of characters HF
-    would not compose (a mark the table maps onto another pair's mark)."""
-    inverse: dict[str, list[str]] = {}
-    for ch, value in table.mapping.items():
-        inverse.setdefault(value, []).append(ch)
-    late = {c: "" for c in controls}
-    for key, value in tagged.items():
-        base, mark, tag = key[0], key[1], key[2]
-        seen = table.apply(mark)
-        if not seen or table.apply(base) != base:
-            return None
-        for other in inverse.get(seen, []) + ([seen] if seen not in table.mapping else []):
-            if len(other.encode()) == len(mark.encode()) and tagged.get(base + other + tag, value) != value:
-                return None
-            if len(other.encode()) == len(mark.encode()) and base + other + tag not in tagged:
-                return None
-        if late.setdefault(base + seen + tag, value) != value:
-            return None
-    return late
+def spm_rules(charsmap: Charsmap, tagged: dict[str, str], controls: list[str]) -> dict[str, str]:
+    """What sentencepiece's own normalizer (longest rule first) must do after the cluster rules:
+    map every character by its single-character key, compose the pairs left whole (tagged:
+    base, mark, size tag), delete MARK and the tags, and turn the Unicode whitespace the
+    charsmap keeps into ' '. One pass in the op, no split/lookup/join in the graph."""
+    rules = dict(charsmap.single)
+    rules.update(tagged)
+    rules.update({c: "" for c in controls})
+    rules.update({c: " " for c in UNICODE_WHITESPACE if c != " " and c not in charsmap.single})
+    return rules
 
 
-def _minus(ranges, remove) -> tuple:
-    cps = {cp for lo, hi in ranges for cp in range(lo, hi + 1)} - {cp for lo, hi in remove for cp in range(lo, hi + 1)}
-    return code_point_ranges(sorted(cps))
+def word_separators(charsmap: Charsmap | None) -> str:
+    """A regex class of the characters that normalize to whitespace only: HF's WhitespaceSplit
+    cuts there, so sentencepiece can take one word at a time."""
+    chars = set(UNICODE_WHITESPACE)
+    if charsmap is not None:
+        chars = {c for c in chars if c not in charsmap.single}
+        chars |= {c for c, v in charsmap.single.items() if v and not v.strip()}
+    return _cls(chars)
 
 
 def _controls(charsmap: Charsmap, count: int) -> list[str]:
@@ -254,17 +222,6 @@ def _controls(charsmap: Charsmap, count: int) -> list[str]:
     if len(found) < count:
         raise TokenizerError("normalizer.precompiled_charsmap: deletes fewer than 4 control characters; not supported")
     return found
-
-
-def _compose_pairs(b: GraphBuilder, text: str, pairs: dict[str, str], p: str) -> str:
-    runs, _, _, splits = b.op("StringRegexSplitWithOffsets",
-                              [text, b.const(f"{p}/pair_pattern", f"({_pairs_pattern(pairs)})"),
-                               b.const(f"{p}/pair_keep", "(?s).+")],
-                              [f"{p}/pair_runs", f"{p}/pair_begins", f"{p}/pair_ends", f"{p}/pair_splits"],
-                              domain=CONTRIB, types=SPLIT_TYPES)
-    mapped = b.op("StringMapping", [runs], f"{p}/pair_mapped", domain=CONTRIB, types=[(STRING, 1)],
-                  map="\n".join(f"{k}\t{v}" for k, v in sorted(pairs.items())))
-    return join_rows(b, mapped, splits, f"{p}/pair_join")
 
 
 def _cls(chars) -> str:

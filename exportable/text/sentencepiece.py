@@ -31,8 +31,7 @@ from onnx import TensorProto, helper
 from tokenizers import Tokenizer
 
 from ..onnx_builder import CONTRIB, INT64, ML, MS, SPLIT_TYPES, STRING, GraphBuilder
-from .normalize import code_point_ranges, regex_class
-from .precompiled import UNICODE_WHITESPACE, charsmap_of, precompiled_normalize
+from .precompiled import charsmap_of, precompiled_normalize, word_separators
 from .ragged import split_bounds
 from .settings import TokenizerError
 from .spm_model import bpe_proto, merges_problem, unigram_proto
@@ -172,18 +171,17 @@ def _unigram_ids(b: GraphBuilder, parts: str, is_nul: str, backend: dict, p: str
     text = b.op("StringJoin", [parts, b.const(f"{p}/join_sep", ""), b.const(f"{p}/join_axis", 1)], f"{p}/text",
                 domain=CONTRIB, types=[(STRING, 1)])
     charsmap, late = charsmap_of(backend), {}
-    if charsmap is None:
-        text = _whitespace_to_space(b, text, p)
-    else:
+    if charsmap is not None:
         text, late = precompiled_normalize(b, text, charsmap, f"{p}/normalize")
-    return _per_word(b, text, unigram_proto(backend, late), p)
+    return _per_word(b, text, unigram_proto(backend, late), word_separators(charsmap), p)
 
 
-def _per_word(b: GraphBuilder, text: str, proto: bytes, p: str) -> tuple[str, str]:
-    """sentencepiece on each ' '-separated word (HF's Viterbi runs per word too): its float32
-    path scores stay small enough for the quantized piece scores to add up exactly (spm_model)."""
+def _per_word(b: GraphBuilder, text: str, proto: bytes, separators: str, p: str) -> tuple[str, str]:
+    """sentencepiece on each word (HF's Viterbi runs per word too): its float32 path scores stay
+    small enough for the quantized piece scores to add up exactly (spm_model)."""
     words, _, _, text_splits = b.op(
-        "StringRegexSplitWithOffsets", [text, b.const(f"{p}/space_pattern", "( +)"), b.const(f"{p}/space_keep", "")],
+        "StringRegexSplitWithOffsets",
+        [text, b.const(f"{p}/space_pattern", f"({separators}+)"), b.const(f"{p}/space_keep", "")],
         [f"{p}/words", f"{p}/word_begins", f"{p}/word_ends", f"{p}/text_splits"], domain=CONTRIB, types=SPLIT_TYPES)
     ids, word_splits = _spm_ids(b, words, proto, p)
     return ids, b.op("Gather", [word_splits, text_splits], f"{p}/text_piece_splits", axis=0)
@@ -278,13 +276,6 @@ def _nul_standin(backend: dict) -> str | None:
         if _normalize(backend, standin) == standin and not any(standin in piece for piece in pieces):
             return standin
     return None
-
-
-def _whitespace_to_space(b: GraphBuilder, text: str, p: str) -> str:
-    """HF's WhitespaceSplit splits at every Unicode whitespace character, sentencepiece only at ' '."""
-    pattern = regex_class(code_point_ranges(sorted(ord(c) for c in UNICODE_WHITESPACE if c != " ")))
-    return b.op("StringRegexReplace", [text, b.const(f"{p}/ws_pattern", pattern), b.const(f"{p}/ws_space", " ")],
-                f"{p}/ws_text", domain=CONTRIB, types=[(STRING, 1)])
 
 
 def _normalize(backend: dict, text: str) -> str | None:
