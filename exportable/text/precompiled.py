@@ -10,13 +10,16 @@ writes "パ"). The keys that matter besides single characters are "base + combin
 pairs (NFC compositions, no shorter key), and the clusters under 6 bytes with two or more
 characters are a base of 1-3 bytes plus one or two extenders (GCB Extend, ZWJ, SpacingMark).
 
-So, in graph order:
-  protect   insert MARK (a character the table drops) between a key or pair base and extenders
-            that make its cluster 6 bytes or longer: those clusters go character by character
-  drop      a single-character key's remaining extenders are removed (its cluster is < 6 bytes)
-  compose   what is left of a pair is a whole cluster: split it off, StringMapping, join
-  table     every other character through the single-character map (char_graph.apply_char_table),
-            MARK dropped; Unicode whitespace the map keeps becomes ' ' (WhitespaceSplit's set)
+So the graph does the cluster part with regex passes, and sentencepiece's own normalizer (a
+charsmap of rules compiled into the synthesised model, spm_rules) does the rest:
+  tag       each extender gets a control character after it naming its UTF-8 size (2, 3, 4), so
+            the passes below use small patterns (ortx compiles every pattern on every run)
+  protect   MARK after the character that starts a cluster of 6 bytes or more, or a Prepend
+            character's cluster: those clusters go character by character
+  drop      the extenders still after a single-character key, or a 1-byte-base pair, go (their
+            cluster is under 6 bytes, so it becomes the key's or the pair's value)
+  spm       longest rule first: single-character keys, tagged pairs (only whole clusters are
+            still adjacent), MARK and tags deleted, kept Unicode whitespace -> ' '
 """
 
 from __future__ import annotations

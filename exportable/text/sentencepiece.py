@@ -12,9 +12,10 @@ from the backend JSON (spm_model.py), so its ids are HF's ids. Around it:
   NUL      ORT's contrib Tokenizer (standard ORT, keeps NUL bytes) cuts each segment into NULs and
            the runs between them: the ortx ops read C strings, so "a\x00b" would reach them as "a"
   Unigram  NUL -> an unknown stand-in character (HF: NUL is an unknown piece, fused with its
-           unknown neighbours); HF's Precompiled normalizer in the graph (precompiled.py), every
-           Unicode whitespace -> ' '; sentencepiece (identity normalizer) per ' '-separated
-           word, as HF's WhitespaceSplit + Metaspace(always) + Viterbi per word
+           unknown neighbours); the grapheme-cluster part of HF's Precompiled normalizer in the
+           graph, the rest compiled into the model's normalizer (precompiled.py); words cut at
+           whatever normalizes to whitespace, sentencepiece per word, as HF's WhitespaceSplit +
+           Metaspace(always) + Viterbi per word
   BPE      each run through sentencepiece, <0x00> after each NUL (no piece holds NUL, so no
            merge crosses it); ' ' prepended to the first run of a row's first segment unless it
            is empty or starts with ' ' / ▁ (Metaspace prepend_scheme "first": sentencepiece's
