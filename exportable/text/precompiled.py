@@ -141,8 +141,12 @@ def breakers() -> frozenset[str]:
 def _grapheme_class(pattern: str) -> frozenset[str]:
     import regex  # noqa: PLC0415  # a transformers dependency; only exports with a charsmap need it
 
-    compiled = regex.compile(pattern)
-    return frozenset(chr(cp) for cp in range(0x110000) if not 0xD800 <= cp <= 0xDFFF and compiled.match(chr(cp)))
+    return frozenset(regex.findall(pattern, _ALL_CHARACTERS()))
+
+
+@functools.lru_cache(maxsize=1)
+def _ALL_CHARACTERS() -> str:  # noqa: N802  # a constant, built on first use
+    return "".join(chr(cp) for cp in range(0x110000) if not 0xD800 <= cp <= 0xDFFF)
 
 
 def precompiled_normalize(b: GraphBuilder, text: str, charsmap: Charsmap, p: str) -> tuple[str, dict[str, str]]:
