@@ -81,20 +81,27 @@ def test_ids_equal_hf_on_the_corpus(tokenizers, runners, kind, batch):
 
 def _cluster_texts(n: int, seed: int) -> list[str]:
     """Short random strings built to stress grapheme clusters (HF's Precompiled normalizer maps
-    a cluster under 6 bytes by its shortest key prefix): bases with NFKC forms, combining and
-    spacing marks of 2-4 bytes, controls, Prepend characters, Hangul jamo, regional indicators,
-    emoji modifiers, ZWJ, whitespace, NUL and ▁."""
+    a cluster under 6 bytes by its shortest key prefix): units of an optional Prepend character,
+    a base (NFKC-changing, decomposable, ASCII, control, Hangul jamo, regional indicator, emoji,
+    whitespace, NUL, ▁) and 0-3 marks of 2-4 bytes (combining, spacing, ZWJ, variation
+    selectors, emoji modifiers)."""
     chars = [chr(c) for c in range(0x20, 0x20000) if not 0xD800 <= c <= 0xDFFF]
     compat = [c for c in chars if unicodedata.decomposition(c).startswith("<")]
     marks = [c for c in chars if unicodedata.category(c) in ("Mn", "Mc", "Me")]
-    composable = [c for c in chars if len(unicodedata.normalize("NFD", c)) == 2]
-    pools = [compat, marks, marks, [unicodedata.normalize("NFD", c)[0] for c in composable],
+    marks += ["\u200d", "\ufe0f", "🏽", "\U000e0101", "\U000e0041"]
+    decomposed = [unicodedata.normalize("NFD", c) for c in chars if len(unicodedata.normalize("NFD", c)) == 2]
+    bases = [compat, [d[0] for d in decomposed], decomposed, list("abcxyzé"),
              [chr(c) for c in (*range(1, 32), 0x7F, 0x85, 0x9F, 0xAD, 0x200B, 0x2060, 0xFEFF)],
-             ["\u0600", "\u0601", "\u0d4e", "\U000110bd"], [chr(c) for c in range(0x1100, 0x1200)],
-             [chr(c) for c in range(0x1F1E6, 0x1F200)], ["\u200d", "👍", "🏽", "\ufe0f", "™", "\U000e0101"],
-             list(" \t\n\u3000\u2028abcxyzé"), ["\x00", "▁"]]
+             [chr(c) for c in range(0x1100, 0x1200)], [chr(c) for c in range(0x1F1E6, 0x1F200)],
+             ["👍", "™", "\u3000", " ", "\t", "\n", "\u2028", "\x00", "▁"]]
+    prepend = ["\u0600", "\u0601", "\u0d4e", "\U000110bd"]
     rng = random.Random(seed)
-    return ["".join(rng.choice(rng.choice(pools)) for _ in range(rng.randrange(1, 12))) for _ in range(n)]
+
+    def unit() -> str:
+        head = rng.choice(prepend) if rng.random() < 0.1 else ""
+        return head + rng.choice(rng.choice(bases)) + "".join(rng.choice(marks) for _ in range(rng.choice((0, 1, 1, 2, 3))))
+
+    return ["".join(unit() for _ in range(rng.randrange(1, 6))) for _ in range(n)]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -146,3 +153,37 @@ def test_bpe_merges_sentencepiece_cannot_order_are_refused(tokenizers):
     rank = next(i for i in range(1, len(made)) if made[i] == made[i - 1])
     backend["model"]["merges"] = [list(m) for m in merges[:rank] + merges[rank + 1:]]
     assert sentencepiece_problem(backend).startswith("model.merges: ")
+
+
+def test_unigram_normalizer_sequence_of_the_old_t5_converter(tokenizers):
+    """Sequence[Precompiled, Replace(" {2,}" -> " ")] (tokenizer.json files from the old T5
+    converter) is accepted and exact; checked against tokenizers running that same JSON."""
+    from tokenizers import Tokenizer
+
+    backend = json.loads(tokenizers["unigram"].backend_tokenizer.to_str())
+    collapse = {"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": " "}
+    backend["normalizer"] = {"type": "Sequence", "normalizers": [backend["normalizer"], collapse]}
+    assert sentencepiece_problem(backend) is None
+    reference, run = Tokenizer.from_str(json.dumps(backend)), _graph_runner(backend)
+    texts = _without_added(tokenizers["unigram"])[:300]
+    assert run(texts) == [reference.encode(t, add_special_tokens=False).ids for t in texts]
+
+
+def test_bpe_legacy_prepend_normalizer(tokenizers):
+    """The older Llama tokenizer.json (normalizer Prepend ▁ + Replace ' ' -> ▁, no pre-tokenizer):
+    every segment gets ▁, even before a space; checked against tokenizers running that JSON."""
+    from tokenizers import Tokenizer
+
+    backend = json.loads(tokenizers["bpe"].backend_tokenizer.to_str())
+    backend["normalizer"] = {"type": "Sequence", "normalizers": [
+        {"type": "Prepend", "prepend": "▁"}, {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]}
+    backend["pre_tokenizer"] = None
+    assert sentencepiece_problem(backend) is None
+    reference, run = Tokenizer.from_str(json.dumps(backend)), _graph_runner(backend)
+    texts = _without_added(tokenizers["bpe"])
+    assert run(texts) == [reference.encode(t, add_special_tokens=False).ids for t in texts]
+    eos = reference.token_to_id("</s>")
+    for text in ("hello</s> world", "</s>world", " a</s> b"):
+        segments = text.split("</s>")
+        ids = run(segments, first=[True] + [False] * (len(segments) - 1))
+        assert ids[0] + [eos] + ids[1] == reference.encode(text, add_special_tokens=False).ids

@@ -10,13 +10,16 @@ writes "パ"). The keys that matter besides single characters are "base + combin
 pairs (NFC compositions, no shorter key), and the clusters under 6 bytes with two or more
 characters are a base of 1-3 bytes plus one or two extenders (GCB Extend, ZWJ, SpacingMark).
 
-So, in graph order:
-  protect   insert MARK (a character the table drops) between a key or pair base and extenders
-            that make its cluster 6 bytes or longer: those clusters go character by character
-  drop      a single-character key's remaining extenders are removed (its cluster is < 6 bytes)
-  compose   what is left of a pair is a whole cluster: split it off, StringMapping, join
-  table     every other character through the single-character map (char_graph.apply_char_table),
-            MARK dropped; Unicode whitespace the map keeps becomes ' ' (WhitespaceSplit's set)
+So the graph does the cluster part with regex passes, and sentencepiece's own normalizer (a
+charsmap of rules compiled into the synthesised model, spm_rules) does the rest:
+  tag       each extender gets a control character after it naming its UTF-8 size (2, 3, 4), so
+            the passes below use small patterns (ortx compiles every pattern on every run)
+  protect   MARK after the character that starts a cluster of 6 bytes or more, or a Prepend
+            character's cluster: those clusters go character by character
+  drop      the extenders still after a single-character key, or a 1-byte-base pair, go (their
+            cluster is under 6 bytes, so it becomes the key's or the pair's value)
+  spm       longest rule first: single-character keys, tagged pairs (only whole clusters are
+            still adjacent), MARK and tags deleted, kept Unicode whitespace -> ' '
 """
 
 from __future__ import annotations
@@ -28,10 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..onnx_builder import CONTRIB, SPLIT_TYPES, STRING, GraphBuilder
-from .char_graph import apply_char_table
-from .normalize import CharTable, code_point_ranges, regex_class
-from .ragged import join_rows
+from ..onnx_builder import CONTRIB, STRING, GraphBuilder
+from .normalize import code_point_ranges, regex_class
 from .settings import TokenizerError
 
 CONTROLS = "".join(chr(c) for c in range(1, 32) if chr(c) not in "\t\n\r")
@@ -140,28 +141,18 @@ def breakers() -> frozenset[str]:
 def _grapheme_class(pattern: str) -> frozenset[str]:
     import regex  # noqa: PLC0415  # a transformers dependency; only exports with a charsmap need it
 
-    compiled = regex.compile(pattern)
-    return frozenset(chr(cp) for cp in range(0x110000) if not 0xD800 <= cp <= 0xDFFF and compiled.match(chr(cp)))
+    return frozenset(regex.findall(pattern, _ALL_CHARACTERS()))
 
 
-def charsmap_table(charsmap: Charsmap) -> CharTable:
-    """The per-character map, whitespace included: every Unicode whitespace character that the
-    map keeps or maps to ' ' becomes ' ' (HF splits words at all of them)."""
-    drop, space, mapping = [], [], {}
-    for ch, value in charsmap.single.items():
-        if value == "":
-            drop.append(ord(ch))
-        elif value == " " or (not value.strip() and len(value) == 1):
-            space.append(ord(ch))
-        else:
-            mapping[ch] = value
-    space += [ord(c) for c in UNICODE_WHITESPACE if c != " " and c not in charsmap.single]
-    return CharTable(drop=code_point_ranges(sorted(set(drop))), space=code_point_ranges(sorted(set(space))),
-                     isolate=(), mapping=mapping)
+@functools.lru_cache(maxsize=1)
+def _ALL_CHARACTERS() -> str:  # noqa: N802  # a constant, built on first use
+    return "".join(chr(cp) for cp in range(0x110000) if not 0xD800 <= cp <= 0xDFFF)
 
 
-def precompiled_normalize(b: GraphBuilder, text: str, charsmap: Charsmap, p: str) -> str:
-    """`text` [N] normalized as tokenizers' Precompiled normalizer does, Unicode whitespace as ' '."""
+def precompiled_normalize(b: GraphBuilder, text: str, charsmap: Charsmap, p: str) -> tuple[str, dict[str, str]]:
+    """(`text` [N] with tokenizers' cluster rule applied, the rules that sentencepiece's
+    normalizer applies to finish the job: `text` normalized as tokenizers' Precompiled
+    normalizer does, with Unicode whitespace as ' ')."""
     ext = confirmed_extenders(charsmap)
     mark, *tags = _controls(charsmap, 4)
     # tag: each extender gets a control character after it that says its UTF-8 size (2, 3, 4),
@@ -181,14 +172,18 @@ def precompiled_normalize(b: GraphBuilder, text: str, charsmap: Charsmap, p: str
     # protect: a cluster that reaches 6 bytes, or that a Prepend character starts (GB9b), keeps
     # every character: MARK after the character that starts it stops the rules below. Any
     # character of that size will do (MARK inside a cluster of 6 bytes or more changes nothing).
-    # Extenders longer than the bytes left (5 - head): 1-byte head > 4, 2-byte > 3, 3-byte > 2.
+    # Extenders longer than the bytes left (5 - head): 1-byte head > 4, 2-byte > 3, 3-byte > 2,
+    # 4-byte > 1.
     protect = "|".join([
         f"([\\x{{20}}-\\x{{7E}}])({t2}{t2}{x}|{x34}{x}|{t2}{x34})",
         f"([\\x{{80}}-\\x{{7FF}}])({t4}|{x}{x})",
         f"([\\x{{800}}-\\x{{FFFF}}])({x34}|{x}{x})",
-        f"({_cls(prepend)}{_not(breakers())})({x})",
     ])
-    rules.append((protect, f"\\1\\3\\5\\7{mark}\\2\\4\\6\\8"))
+    rules.append((protect, f"\\1\\3\\5{mark}\\2\\4\\6"))
+    # 4-byte heads too: the table may turn one into a pair base ("𝖞" -> "y") that sentencepiece's
+    # late rules would compose with the mark that follows. (A rewrite has groups \\1..\\9 only.)
+    protect = f"([\\x{{10000}}-\\x{{10FFFF}}])({x})|({_cls(prepend)}{_not(breakers())})({x})"
+    rules.append((protect, f"\\1\\3{mark}\\2\\4"))
     # drop: what still follows a head is the rest of a cluster under 6 bytes, which becomes the
     # head's value alone (a pair's too).
     if heads:
@@ -203,9 +198,29 @@ def precompiled_normalize(b: GraphBuilder, text: str, charsmap: Charsmap, p: str
         text = b.op("StringRegexReplace", [text, b.const(f"{p}/cluster{i}_pattern", pattern),
                                            b.const(f"{p}/cluster{i}_rewrite", rewrite)],
                     f"{p}/cluster{i}", domain=CONTRIB, types=[(STRING, 1)])
-    if tagged:
-        text = _compose_pairs(b, text, tagged, p)
-    return apply_char_table(b, text, charsmap_table(charsmap))
+    return text, spm_rules(charsmap, tagged, [mark, *tags])
+
+
+def spm_rules(charsmap: Charsmap, tagged: dict[str, str], controls: list[str]) -> dict[str, str]:
+    """What sentencepiece's own normalizer (longest rule first) must do after the cluster rules:
+    map every character by its single-character key, compose the pairs left whole (tagged:
+    base, mark, size tag), delete MARK and the tags, and turn the Unicode whitespace the
+    charsmap keeps into ' '. One pass in the op, no split/lookup/join in the graph."""
+    rules = dict(charsmap.single)
+    rules.update(tagged)
+    rules.update({c: "" for c in controls})
+    rules.update({c: " " for c in UNICODE_WHITESPACE if c != " " and c not in charsmap.single})
+    return rules
+
+
+def word_separators(charsmap: Charsmap | None) -> str:
+    """A regex class of the characters that normalize to whitespace only: HF's WhitespaceSplit
+    cuts there, so sentencepiece can take one word at a time."""
+    chars = set(UNICODE_WHITESPACE)
+    if charsmap is not None:
+        chars = {c for c in chars if c not in charsmap.single}
+        chars |= {c for c, v in charsmap.single.items() if v and not v.strip()}
+    return _cls(chars)
 
 
 def _controls(charsmap: Charsmap, count: int) -> list[str]:
@@ -214,17 +229,6 @@ def _controls(charsmap: Charsmap, count: int) -> list[str]:
     if len(found) < count:
         raise TokenizerError("normalizer.precompiled_charsmap: deletes fewer than 4 control characters; not supported")
     return found
-
-
-def _compose_pairs(b: GraphBuilder, text: str, pairs: dict[str, str], p: str) -> str:
-    runs, _, _, splits = b.op("StringRegexSplitWithOffsets",
-                              [text, b.const(f"{p}/pair_pattern", f"({_pairs_pattern(pairs)})"),
-                               b.const(f"{p}/pair_keep", "(?s).+")],
-                              [f"{p}/pair_runs", f"{p}/pair_begins", f"{p}/pair_ends", f"{p}/pair_splits"],
-                              domain=CONTRIB, types=SPLIT_TYPES)
-    mapped = b.op("StringMapping", [runs], f"{p}/pair_mapped", domain=CONTRIB, types=[(STRING, 1)],
-                  map="\n".join(f"{k}\t{v}" for k, v in sorted(pairs.items())))
-    return join_rows(b, mapped, splits, f"{p}/pair_join")
 
 
 def _cls(chars) -> str:
@@ -249,10 +253,13 @@ def _escape(s: str) -> str:
 
 
 def charsmap_of(backend: dict) -> Charsmap | None:
-    normalizer = backend.get("normalizer")
-    if normalizer is None:
-        return None
-    return _parse_cached(normalizer["precompiled_charsmap"])
+    """The charsmap of the (only) Precompiled step of the backend's normalizer, if any."""
+    normalizer = backend.get("normalizer") or {}
+    steps = normalizer.get("normalizers", []) if normalizer.get("type") == "Sequence" else [normalizer]
+    for step in steps:
+        if step.get("type") == "Precompiled" and step.get("precompiled_charsmap"):
+            return _parse_cached(step["precompiled_charsmap"])
+    return None
 
 
 @functools.lru_cache(maxsize=2)

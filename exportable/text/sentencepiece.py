@@ -12,9 +12,10 @@ from the backend JSON (spm_model.py), so its ids are HF's ids. Around it:
   NUL      ORT's contrib Tokenizer (standard ORT, keeps NUL bytes) cuts each segment into NULs and
            the runs between them: the ortx ops read C strings, so "a\x00b" would reach them as "a"
   Unigram  NUL -> an unknown stand-in character (HF: NUL is an unknown piece, fused with its
-           unknown neighbours); HF's Precompiled normalizer in the graph (precompiled.py), every
-           Unicode whitespace -> ' '; sentencepiece (identity normalizer) per ' '-separated
-           word, as HF's WhitespaceSplit + Metaspace(always) + Viterbi per word
+           unknown neighbours); the grapheme-cluster part of HF's Precompiled normalizer in the
+           graph, the rest compiled into the model's normalizer (precompiled.py); words cut at
+           whatever normalizes to whitespace, sentencepiece per word, as HF's WhitespaceSplit +
+           Metaspace(always) + Viterbi per word
   BPE      each run through sentencepiece, <0x00> after each NUL (no piece holds NUL, so no
            merge crosses it); ' ' prepended to the first run of a row's first segment unless it
            is empty or starts with ' ' / ▁ (Metaspace prepend_scheme "first": sentencepiece's
@@ -31,8 +32,7 @@ from onnx import TensorProto, helper
 from tokenizers import Tokenizer
 
 from ..onnx_builder import CONTRIB, INT64, ML, MS, SPLIT_TYPES, STRING, GraphBuilder
-from .normalize import code_point_ranges, regex_class
-from .precompiled import UNICODE_WHITESPACE, charsmap_of, precompiled_normalize
+from .precompiled import charsmap_of, precompiled_normalize, word_separators
 from .ragged import split_bounds
 from .settings import TokenizerError
 from .spm_model import bpe_proto, merges_problem, unigram_proto
@@ -70,8 +70,9 @@ def _unigram_problem(backend: dict) -> str | None:
         return "model.byte_fallback: Unigram with byte fallback is not supported"
     if model.get("unk_id") is None:
         return "model.unk_id: a Unigram model without an unknown piece is not supported"
-    if normalizer is not None and normalizer.get("type") != "Precompiled":
-        return f"normalizer: {normalizer.get('type')} is not supported (only Precompiled)"
+    problem = _unigram_normalizer_problem(normalizer)
+    if problem is not None:
+        return problem
     pre = backend.get("pre_tokenizer") or {}
     steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
     if [s.get("type") for s in steps] != ["WhitespaceSplit", "Metaspace"]:
@@ -85,15 +86,44 @@ def _unigram_problem(backend: dict) -> str | None:
     return None
 
 
+def _legacy_metaspace(backend: dict) -> bool:
+    """The older Llama/Mistral tokenizer.json: ▁ prepended to every segment, even before a
+    space, by the normalizer, and no pre-tokenizer."""
+    legacy = {"type": "Sequence", "normalizers": [
+        {"type": "Prepend", "prepend": METASPACE},
+        {"type": "Replace", "pattern": {"String": " "}, "content": METASPACE}]}
+    return backend.get("normalizer") == legacy and backend.get("pre_tokenizer") is None
+
+
+def _unigram_normalizer_problem(normalizer: dict | None) -> str | None:
+    """Precompiled, alone or in a Sequence, optionally with Replace(" {2,}" -> " ") (the old T5
+    converter's: a no-op before WhitespaceSplit)."""
+    if normalizer is None or normalizer.get("type") == "Precompiled":
+        return None
+    if normalizer.get("type") != "Sequence":
+        return f"normalizer: {normalizer.get('type')} is not supported (only Precompiled)"
+    steps = normalizer.get("normalizers", [])
+    for i, step in enumerate(steps):
+        collapse = (step.get("type") == "Replace" and step.get("pattern") == {"Regex": " {2,}"}
+                    and step.get("content") == " ")
+        if step.get("type") != "Precompiled" and not collapse:
+            return f"normalizer.normalizers[{i}]: {step.get('type')} is not supported (only Precompiled)"
+    if [step.get("type") for step in steps].count("Precompiled") > 1:
+        return "normalizer: more than one Precompiled step is not supported"
+    return None
+
+
 def _bpe_problem(backend: dict) -> str | None:
     model = backend["model"]
-    if backend.get("normalizer") is not None:
-        return f"normalizer: {backend['normalizer'].get('type')} is not supported with byte-fallback BPE"
-    pre = backend.get("pre_tokenizer") or {}
-    if pre.get("type") != "Metaspace":
-        return f"pre_tokenizer: {pre.get('type')} is not supported (only Metaspace)"
-    if (pre.get("replacement"), pre.get("prepend_scheme"), pre.get("split")) != (METASPACE, "first", False):
-        return "pre_tokenizer: Metaspace must be replacement ▁, prepend_scheme first, split false"
+    if not _legacy_metaspace(backend):
+        if backend.get("normalizer") is not None:
+            return (f"normalizer: {backend['normalizer'].get('type')} is not supported with byte-fallback BPE "
+                    "(only none, or Sequence[Prepend ▁, Replace ' ' -> ▁] without a pre_tokenizer)")
+        pre = backend.get("pre_tokenizer") or {}
+        if pre.get("type") != "Metaspace":
+            return f"pre_tokenizer: {pre.get('type')} is not supported (only Metaspace)"
+        if (pre.get("replacement"), pre.get("prepend_scheme"), pre.get("split")) != (METASPACE, "first", False):
+            return "pre_tokenizer: Metaspace must be replacement ▁, prepend_scheme first, split false"
     for key in ("dropout", "continuing_subword_prefix", "end_of_word_suffix"):
         if model.get(key):
             return f"model.{key}: {model[key]!r} is not supported"
@@ -173,19 +203,18 @@ def _unigram_ids(b: GraphBuilder, parts: str, is_nul: str, backend: dict, p: str
     parts = b.op("Where", [is_nul, b.const(f"{p}/nul_standin", _nul_standin(backend)), parts], f"{p}/standin_parts")
     text = b.op("StringJoin", [parts, b.const(f"{p}/join_sep", ""), b.const(f"{p}/join_axis", 1)], f"{p}/text",
                 domain=CONTRIB, types=[(STRING, 1)])
-    charsmap = charsmap_of(backend)
-    if charsmap is None:
-        text = _whitespace_to_space(b, text, p)
-    else:
-        text = precompiled_normalize(b, text, charsmap, f"{p}/normalize")
-    return _per_word(b, text, unigram_proto(backend), p)
+    charsmap, late = charsmap_of(backend), {}
+    if charsmap is not None:
+        text, late = precompiled_normalize(b, text, charsmap, f"{p}/normalize")
+    return _per_word(b, text, unigram_proto(backend, late), word_separators(charsmap), p)
 
 
-def _per_word(b: GraphBuilder, text: str, proto: bytes, p: str) -> tuple[str, str]:
-    """sentencepiece on each ' '-separated word (HF's Viterbi runs per word too): its float32
-    path scores stay small enough for the quantized piece scores to add up exactly (spm_model)."""
+def _per_word(b: GraphBuilder, text: str, proto: bytes, separators: str, p: str) -> tuple[str, str]:
+    """sentencepiece on each word (HF's Viterbi runs per word too): its float32 path scores stay
+    small enough for the quantized piece scores to add up exactly (spm_model)."""
     words, _, _, text_splits = b.op(
-        "StringRegexSplitWithOffsets", [text, b.const(f"{p}/space_pattern", "( +)"), b.const(f"{p}/space_keep", "")],
+        "StringRegexSplitWithOffsets",
+        [text, b.const(f"{p}/space_pattern", f"({separators}+)"), b.const(f"{p}/space_keep", "")],
         [f"{p}/words", f"{p}/word_begins", f"{p}/word_ends", f"{p}/text_splits"], domain=CONTRIB, types=SPLIT_TYPES)
     ids, word_splits = _spm_ids(b, words, proto, p)
     return ids, b.op("Gather", [word_splits, text_splits], f"{p}/text_piece_splits", axis=0)
@@ -197,11 +226,17 @@ def _bpe_ids(b: GraphBuilder, parts: str, is_nul: str, first: str, backend: dict
     first segment (before a leading NUL too: HF prepends to the whole segment)."""
     cols = b.op("Range", [b.const(f"{p}/c0", 0), b.op("Squeeze", [_dim(b, parts, 1, p), b.const(f"{p}/ax0", [0])],
                                                        f"{p}/k"), b.const(f"{p}/c1", 1)], f"{p}/cols")
-    at_start = b.op("And", [b.op("Unsqueeze", [first, b.const(f"{p}/ax1", [1])], f"{p}/first2"),
-                            b.op("Equal", [cols, b.const(f"{p}/zero", 0)], f"{p}/col0")], f"{p}/at_start")
+    at_start = b.op("Equal", [cols, b.const(f"{p}/zero", 0)], f"{p}/col0")
+    # Metaspace "first": only a row's first segment, and not before a space or ▁ (the legacy
+    # Prepend normalizer: every non-empty segment, whatever it starts with).
+    legacy = _legacy_metaspace(backend)
+    if not legacy:
+        at_start = b.op("And", [b.op("Unsqueeze", [first, b.const(f"{p}/ax1", [1])], f"{p}/first2"), at_start],
+                        f"{p}/at_start")
     # A NUL part keeps "" for sentencepiece (its id is added below), or "▁" where ▁ goes first.
     text = b.op("Where", [is_nul, b.const(f"{p}/nothing", ""), parts], f"{p}/text_parts")
-    prefixed = b.op("StringRegexReplace", [text, b.const(f"{p}/lead_pattern", f"^([^ {METASPACE}])"),
+    lead = "^((?s).)" if legacy else f"^([^ {METASPACE}])"
+    prefixed = b.op("StringRegexReplace", [text, b.const(f"{p}/lead_pattern", lead),
                                            b.const(f"{p}/lead_rewrite", " \\1")],
                     f"{p}/prefixed", domain=CONTRIB, types=[(STRING, 2)], global_replace=0)
     before_nul = b.op("And", [at_start, is_nul], f"{p}/before_nul")
@@ -274,13 +309,6 @@ def _nul_standin(backend: dict) -> str | None:
         if _normalize(backend, standin) == standin and not any(standin in piece for piece in pieces):
             return standin
     return None
-
-
-def _whitespace_to_space(b: GraphBuilder, text: str, p: str) -> str:
-    """HF's WhitespaceSplit splits at every Unicode whitespace character, sentencepiece only at ' '."""
-    pattern = regex_class(code_point_ranges(sorted(ord(c) for c in UNICODE_WHITESPACE if c != " ")))
-    return b.op("StringRegexReplace", [text, b.const(f"{p}/ws_pattern", pattern), b.const(f"{p}/ws_space", " ")],
-                f"{p}/ws_text", domain=CONTRIB, types=[(STRING, 1)])
 
 
 def _normalize(backend: dict, text: str) -> str | None:

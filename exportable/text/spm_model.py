@@ -26,15 +26,20 @@ SCORE_STEP = 2.0 ** -SCORE_BITS
 UNREACHABLE_SCORE = -1e9  # single characters: no merge produces them
 
 
-def unigram_proto(backend: dict) -> bytes:
+def unigram_proto(backend: dict, rules: dict[str, str] | None = None) -> bytes:
+    """`rules`: string -> replacement for sentencepiece's normalizer (longest match first)."""
     model = backend["model"]
     proto = _empty_proto("UNIGRAM", unk_id=model["unk_id"])
     kinds = _piece_type()
     for i, (piece, score) in enumerate(model["vocab"]):
         _add_piece(proto, piece, quantize(score), kinds.UNKNOWN if i == model["unk_id"] else kinds.NORMAL)
     spec = proto.normalizer_spec
-    # The graph normalizes (precompiled.py: HF walks grapheme clusters, sentencepiece does not).
+    # The graph normalizes (precompiled.py: HF walks grapheme clusters, sentencepiece does not),
+    # all but `rules`.
     spec.name = "identity"
+    if rules:
+        spec.name = "user_defined"
+        spec.precompiled_charsmap = compile_rules(rules)
     # WhitespaceSplit + Metaspace(prepend always, split): every word starts with one ▁.
     spec.add_dummy_prefix = True
     spec.remove_extra_whitespaces = True
@@ -79,6 +84,28 @@ def quantize(score: float) -> float:
     so ties are ties and the op breaks them as HF does; the grid moves each piece's score by at
     most SCORE_STEP / 2 (3e-5)."""
     return round(score / SCORE_STEP) * SCORE_STEP
+
+
+def compile_rules(rules: dict[str, str]) -> bytes:
+    """A precompiled charsmap for `rules`, compiled by sentencepiece's own trainer (the only
+    public builder of its double-array format) on a throwaway model."""
+    import io  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    import sentencepiece as spm  # noqa: PLC0415  # present wherever spm_pb is
+
+    with tempfile.TemporaryDirectory() as folder:
+        tsv = f"{folder}/rules.tsv"
+        with open(tsv, "w", encoding="utf-8") as f:
+            for key, value in sorted(rules.items()):
+                f.write(" ".join(f"{ord(c):X}" for c in key) + "\t" + " ".join(f"{ord(c):X}" for c in value) + "\n")
+        out = io.BytesIO()
+        spm.SentencePieceTrainer.train(sentence_iterator=iter(["a b c"] * 8), model_writer=out, vocab_size=8,
+                                       model_type="char", normalization_rule_tsv=tsv, hard_vocab_limit=False,
+                                       minloglevel=2, num_threads=1)
+    proto = _pb().ModelProto()
+    proto.ParseFromString(out.getvalue())
+    return proto.normalizer_spec.precompiled_charsmap
 
 
 def merge_ranks(merges: list) -> dict[str, int]:
