@@ -172,6 +172,16 @@ def cmd_bench(args, extra: list[str]) -> int:
     options, rest = _recipe_options(registry.resolve(args.name), extra)
     if rest:
         raise InputError(f"unknown option {rest[0]!r} for bench {args.name}; see `python -m exportable bench --help`")
+    if registry.resolve(args.name).generates_text:  # timed in new tokens/s against generate
+        api.quiet_libraries()
+        recipe = registry.resolve(args.name)(**options)
+        out = args.out or Path("artifacts") / "bench" / recipe.name
+        data = bench.bench_generation(recipe, out, batches=_int_list(args.batch_sizes or "1,8", "--batch-sizes"),
+                                      seconds=args.seconds, threads=args.threads, opset=args.opset or api.DEFAULT_OPSET,
+                                      progress=_progress(time.perf_counter()))
+        print(bench.format_generation_table(data))
+        print(f"wrote {data['json_path']}")
+        return 1 if any(r["status"] != "ok" for r in data["rows"]) else 0
     if args.tokenizer_only:
         api.quiet_libraries()
         data = bench.bench_tokenizer(args.name, out=args.out, threads=args.threads,

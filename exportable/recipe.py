@@ -170,6 +170,7 @@ class Recipe:
     original_pipeline: ClassVar[str] = ""  # e.g. "SentenceTransformer.encode", shown in reports
     # Dense FLOPs per token, for bench's efficiency column; None: bench counts them in the graph.
     flops_per_token: ClassVar[float | None] = None
+    generates_text: ClassVar[bool] = False  # a decoding loop: bench times new tokens/s (bench/generation.py)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -29,6 +29,7 @@ How it measures (see docs/performance.md):
 
 from .command import BenchResult, run_bench
 from .contenders import ALL_VARIANTS, MODEL_FILES, cuda_available, original_on_gpu, run_bound
+from .generation import bench_generation, format_generation_table
 from .inputs import BATCHES, LENGTHS, bench_case, flops_per_token, real_tokens
 from .output import format_table, write_chart
 from .timing import Measurement, measure, paired_speedup
@@ -36,4 +37,5 @@ from .tokenizer import bench_tokenizer, format_tokenizer_table
 
 __all__ = ["ALL_VARIANTS", "BATCHES", "LENGTHS", "MODEL_FILES", "BenchResult", "Measurement", "bench_case",
            "cuda_available", "flops_per_token", "format_table", "measure", "original_on_gpu", "paired_speedup",
-           "real_tokens", "run_bench", "run_bound", "write_chart", "bench_tokenizer", "format_tokenizer_table"]
+           "real_tokens", "run_bench", "run_bound", "write_chart", "bench_tokenizer", "format_tokenizer_table",
+           "bench_generation", "format_generation_table"]

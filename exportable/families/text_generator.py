@@ -44,6 +44,7 @@ def generator_options(default: str) -> tuple[Option, ...]:
 class CausalLMFamily(TextFamily):
     original_pipeline = "transformers AutoModelForCausalLM.generate (greedy) + batch_decode"
     formats = ("onnx",)
+    generates_text = True
 
     def validate_settings(self) -> None:
         for name, low in (("max_new_tokens", 1), ("min_new_tokens", 0), ("num_beams", 1)):
