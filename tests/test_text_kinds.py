@@ -211,3 +211,38 @@ def test_bench_tokenizer_only_times_both_after_checking_ids(tmp_path):
     assert [r["batch"] for r in data["rows"]] == [1, 32] and all(r["status"] == "ok" for r in data["rows"])
     assert all(r["hf_ms"] > 0 and r["graph_ms"] > 0 and r["speedup"] > 0 for r in data["rows"])
     assert "wordpiece" in done.stdout and "x hf" in done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["roberta", "xlmr"])
+def test_token_tagger_strings_in_with_byte_level_and_metaspace_pieces(name, request, tmp_path):
+    """token_tagger --model DIR with a RoBERTa (Ġ pieces) and an XLM-R (▁ pieces) tagger: every
+    validation case has exactly the sequence length it is named for (the sweep's words are one
+    token wherever they stand), and the export passes against transformers + Viterbi."""
+    import torch
+    from transformers import AutoConfig, AutoModelForTokenClassification
+
+    from exportable import registry
+    from exportable.blocks.crf import CRF, CRF_FILE
+
+    tokenizer = load(request.getfixturevalue(f"{name}_dir"))
+    tags = ["O", "B-X", "I-X"]
+    torch.manual_seed(0)
+    config = AutoConfig.for_model("xlm-roberta" if name == "xlmr" else "roberta", vocab_size=len(tokenizer),
+                                  hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                                  max_position_embeddings=130, pad_token_id=tokenizer.pad_token_id, num_labels=3,
+                                  id2label=dict(enumerate(tags)), label2id={t: i for i, t in enumerate(tags)})
+    folder = tmp_path / "tagger"
+    AutoModelForTokenClassification.from_config(config).eval().save_pretrained(folder)
+    tokenizer.model_max_length = 128
+    tokenizer.save_pretrained(folder)
+    crf = CRF(len(tags))
+    torch.nn.init.normal_(crf.transitions)
+    crf.save(folder / CRF_FILE)
+
+    recipe = registry.get("token_tagger")(model=str(folder), inputs="ids")
+    for case in recipe.validation_cases():
+        if case.name.startswith("len") and case.name.endswith("batch1"):
+            assert recipe.feed(case)["input_ids"].shape[1] == int(case.name[3:6]), case.name
+    result = api.export_recipe("token_tagger", out=tmp_path / "artifact", model=str(folder))
+    assert result.passed and all(r.passed for r in result.report.parity["onnx"])

@@ -168,8 +168,14 @@ class TokenTaggerFamily(TextFamily):
         return cases
 
     def _one_token_words(self) -> list[str]:
+        """Words that are one token both first and after a space: byte-level BPE gives " w" its own
+        pieces (Ġw), so a word that is one token alone may be two inside a sentence."""
         pool = sorted(set(samples.long_text(400, seed=3).rstrip(".").split()))
-        words = [w for w in pool if len(self.tokenizer(w, add_special_tokens=False)["input_ids"]) == 1]
+
+        def one_token(text: str) -> bool:
+            return len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) == 1
+
+        words = [w for w in pool if one_token(w) and one_token(" " + w)]
         if not words:
             raise InputError(f"--model {self.model_dir}: its tokenizer splits every sample word; "
                              "the length sweep needs single-token words")
