@@ -20,9 +20,8 @@ import onnxruntime_extensions
 import torch
 
 from .errors import InputError
+from .modelfile import BUILTIN_DOMAINS, ModelFileError, check_model_file
 
-# Operator domains ONNX Runtime implements itself; anything else needs a custom-op library.
-BUILTIN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "ai.onnx.preview.training"}
 EXTENSIONS_DOMAIN = "ai.onnx.contrib"
 # onnxruntime-extensions registers most ops in ai.onnx.contrib, its image codecs (DecodeImage,
 # EncodeImage, DrawBoundingBoxes) in com.microsoft.extensions: one library serves both.
@@ -140,13 +139,18 @@ def validate_feed(feed: Mapping, specs: Mapping[str, tuple[str, list]]) -> dict[
 
 
 class OnnxRunner:
-    def __init__(self, path: Path, threads: int | None = None, providers=None):
+    def __init__(self, path: Path, threads: int | None = None, providers=None, model: onnx.ModelProto | None = None):
         self.path = Path(path)
-        model = onnx.load(str(self.path), load_external_data=False)
+        model = model if model is not None else onnx.load(str(self.path), load_external_data=False)
         self.metadata = {p.key: p.value for p in model.metadata_props}
         self.custom_op_domains = sorted({o.domain for o in model.opset_import} - BUILTIN_DOMAINS)
-        self.session = ort.InferenceSession(str(self.path), session_options(self.custom_op_domains, threads),
-                                            providers=list(providers or ["CPUExecutionProvider"]))
+        options = session_options(self.custom_op_domains, threads)
+        try:
+            self.session = ort.InferenceSession(str(self.path), options,
+                                                providers=list(providers or ["CPUExecutionProvider"]))
+        except Exception as exc:  # onnxruntime's Fail/InvalidGraph/...: a multi-line C++ message
+            raise ModelFileError(f"{self.path.name} does not load in ONNX Runtime ({_first_line(exc)}); "
+                                 "re-export the artifact") from exc
         self.input_specs = {i.name: (ORT_TYPES.get(i.type, i.type), list(i.shape)) for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
 
@@ -197,9 +201,12 @@ class TorchScriptRunner:
         ctx = quiet_torchscript()
         try:
             self.module = torch.jit.load(str(self.path), map_location="cpu", _extra_files=extra)
+            info = json.loads(extra[self.EXTRA] or "{}")
+        except Exception as exc:  # a damaged archive: PytorchStreamReader / unpickler errors
+            raise ModelFileError(f"{self.path.name} is not a loadable TorchScript archive ({_first_line(exc)}); "
+                                 "re-export the artifact") from exc
         finally:
             ctx.__exit__(None, None, None)
-        info = json.loads(extra[self.EXTRA] or "{}")
         self.input_names = info.get("inputs", [])
         self.output_names = info.get("outputs", [])
         self.input_specs = {s["name"]: (s["dtype"], s["shape"]) for s in info.get("input_specs", [])}
@@ -227,13 +234,20 @@ def _to_numpy(value) -> np.ndarray:
     return value.numpy()
 
 
+def _first_line(exc: Exception) -> str:
+    text = " ".join(str(exc).strip().splitlines()[:1])
+    return (text[:240] or type(exc).__name__).rstrip(".")
+
+
 def load(path: Path, threads: int | None = None, providers=None):
-    """Load `model.onnx` (on `providers`, default the CPU) or `model.pt` (by suffix)."""
+    """Load `model.onnx` (on `providers`, default the CPU) or `model.pt` (by suffix), once the
+    file passed modelfile.check_model_file (damaged or hostile files: one-line ModelFileError)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"no model file at {path}; pass an artifact's model.onnx or model.pt")
+    if path.suffix not in (".onnx", ".pt", ".ts"):
+        raise InputError(f"cannot run {path.name}: expected a .onnx or .pt file")
+    model = check_model_file(path)
     if path.suffix == ".onnx":
-        return OnnxRunner(path, threads, providers)
-    if path.suffix in (".pt", ".ts"):
-        return TorchScriptRunner(path)
-    raise InputError(f"cannot run {path.name}: expected a .onnx or .pt file")
+        return OnnxRunner(path, threads, providers, model)
+    return TorchScriptRunner(path)
