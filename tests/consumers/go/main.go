@@ -94,6 +94,9 @@ func replayArtifact(dir, ortxLib string) (passed, failed int, err error) {
 	if _, err := os.Stat(model); err != nil {
 		return 0, 0, badf("model file %s does not exist", model)
 	}
+	if err := CheckRecordedHash(m, model); err != nil {
+		return 0, 0, err
+	}
 	domains := slices.Sorted(slices.Values(*m.CustomOpDomains))
 	fmt.Printf("artifact %s (%s): %d cases, custom op domains %s\n", m.Recipe, dir, len(m.Cases), orNone(strings.Join(domains, ",")))
 
