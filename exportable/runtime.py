@@ -7,6 +7,9 @@ rather than a crash deep inside a kernel.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 import json
 import os
 import warnings
@@ -92,6 +95,30 @@ def session_options(custom_domains, threads: int | None = None):
     return so
 
 
+@contextlib.contextmanager
+def caller_float_state():
+    """Keep the caller's floating-point state as it was: ONNX Runtime applies
+    session.set_denormal_as_zero to the thread that creates the session too, after which the
+    user's own numpy code flushes subnormals to zero (found by tests/test_trust_fuzz.py:
+    Hypothesis refused to go on, "we can't represent subnormal floats right now"). fegetenv /
+    fesetenv save and restore the x87 and SSE (MXCSR) state; where libm is not found, no-op."""
+    libm = _libm()
+    state = ctypes.create_string_buffer(512)  # larger than any platform's fenv_t
+    saved = libm is not None and libm.fegetenv(state) == 0
+    try:
+        yield
+    finally:
+        if saved:
+            libm.fesetenv(state)
+
+
+def _libm():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6")
+    except OSError:
+        return None
+
+
 def _check_string_tensor(name: str, value: np.ndarray) -> np.ndarray:
     flat = []
     for item in value.reshape(-1):
@@ -146,8 +173,9 @@ class OnnxRunner:
         self.custom_op_domains = sorted({o.domain for o in model.opset_import} - BUILTIN_DOMAINS)
         options = session_options(self.custom_op_domains, threads)
         try:
-            self.session = ort.InferenceSession(str(self.path), options,
-                                                providers=list(providers or ["CPUExecutionProvider"]))
+            with caller_float_state():
+                self.session = ort.InferenceSession(str(self.path), options,
+                                                    providers=list(providers or ["CPUExecutionProvider"]))
         except Exception as exc:  # onnxruntime's Fail/InvalidGraph/...: a multi-line C++ message
             raise ModelFileError(f"{self.path.name} does not load in ONNX Runtime ({_first_line(exc)}); "
                                  "re-export the artifact") from exc

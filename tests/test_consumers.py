@@ -127,6 +127,20 @@ def test_consumers_refuse_a_model_file_changed_after_export(java_jar, go_binary,
         assert "model.onnx does not match its recorded sha256" in result.stderr, result.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["text_classifier", "image_classifier"])
+def test_go_soak_from_8_goroutines_answers_right_with_flat_memory(exported, go_binary, name):
+    """issue 27: one session shared by 8 goroutines for 10,000 calls (string and image inputs)."""
+    folder = _artifact(exported, name)
+    result = _run([str(go_binary), "-ort", str(NATIVE / "libonnxruntime.so"), "-ortx",
+                   str(NATIVE / "libortextensions.so"), "-soak", "10000", "-goroutines", "8", str(folder)])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    line = next(l for l in result.stdout.splitlines() if l.startswith("soak "))
+    print(line)
+    assert ", 0 wrong answers," in line
+    assert float(re.search(r"growth (-?[\d.]+) MB", line).group(1)) < 20, line
+
+
 def test_consumers_replay_the_optimized_sentence_bert(exported, java_jar, go_binary, tmp_path):
     """`--optimize`'s graph (opset-23 Attention, the unpadding If, the chunk Loop over sequences)
     loads in ONNX Runtime Java and Go and answers the artifact's vectors within their tolerance."""

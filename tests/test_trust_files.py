@@ -295,3 +295,13 @@ def test_a_damaged_torchscript_archive_is_one_line(artifact, tmp_path):
     torch.jit.save(scripted, str(good))
     (artifact / "model.pt").write_bytes(good.read_bytes()[:-200])
     refused(lambda: api.load_artifact(artifact / "model.pt"), "model.pt")
+
+
+def test_loading_a_runner_leaves_the_callers_subnormals_alone(pristine):
+    """ONNX Runtime's denormal-as-zero setting used to leak into the thread that created the
+    session: the user's own numpy code then flushed 1e-40 to 0 (runtime.caller_float_state)."""
+    tiny = np.float32(1e-40)
+    assert tiny * np.float32(1) > 0
+    runner = api.load_artifact(pristine)
+    runner.run({"readings": np.zeros((1, 8), np.float32)})
+    assert tiny * np.float32(1) > 0
