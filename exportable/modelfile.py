@@ -21,6 +21,9 @@ from .errors import InputError
 
 # Operator domains ONNX Runtime implements itself; anything else needs a custom-op library.
 BUILTIN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "ai.onnx.preview.training"}
+# onnxruntime-extensions registers most ops in ai.onnx.contrib, its image codecs (DecodeImage,
+# EncodeImage, DrawBoundingBoxes) in com.microsoft.extensions: one library serves both.
+EXTENSIONS_DOMAINS = {"ai.onnx.contrib", "com.microsoft.extensions"}
 DECLARED_DOMAINS = "exportable.custom_op_domains"
 RECIPE_KEY = "exportable.recipe"
 LIBRARY_SUFFIXES = (".so", ".dll", ".dylib")
@@ -101,7 +104,8 @@ def check_external_data(model: onnx.ModelProto, path: Path) -> None:
         target = (folder / location).resolve()
         if not location or os.path.isabs(location) or ".." in Path(location).parts \
                 or not target.is_relative_to(folder):
-            raise ModelFileError(f"{path.name}: tensor {tensor.name!r} points its external data at {location!r}, "
+            via = f" (a symlink to {target})" if (path.parent / location).is_symlink() else ""
+            raise ModelFileError(f"{path.name}: tensor {tensor.name!r} points its external data at {location!r}{via}, "
                                  f"outside the model's folder; refusing to read it (external data must be a file "
                                  "beside the model)")
         if not target.is_file():
@@ -124,13 +128,18 @@ def used_domains(graph: onnx.GraphProto) -> set[str]:
 
 
 def check_domains(model: onnx.ModelProto, path: Path) -> None:
-    """An artifact (it carries exportable.recipe) declares the custom-op domains it needs; one
-    that uses or imports others was altered after export."""
+    """Custom ops come only from the onnxruntime-extensions library we ship (never a library a
+    file names); an artifact (it carries exportable.recipe) declares the domains it needs, and
+    one that uses or imports others was altered after export."""
+    needed = ({o.domain for o in model.opset_import} | used_domains(model.graph)) - BUILTIN_DOMAINS
+    foreign = sorted(needed - EXTENSIONS_DOMAINS)
+    if foreign:
+        raise ModelFileError(f"{path.name} needs custom-op domain(s) {foreign} that exportable cannot provide; only "
+                             f"{', '.join(sorted(EXTENSIONS_DOMAINS))} (onnxruntime-extensions) are supported")
     meta = {p.key: p.value for p in model.metadata_props}
     if RECIPE_KEY not in meta:
         return
     declared = {d for d in meta.get(DECLARED_DOMAINS, "").split(",") if d}
-    needed = ({o.domain for o in model.opset_import} | used_domains(model.graph)) - BUILTIN_DOMAINS
     undeclared = sorted(needed - declared)
     if undeclared:
         raise ModelFileError(f"{path.name} uses custom-op domain(s) {undeclared} that its metadata does not declare "

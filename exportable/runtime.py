@@ -23,12 +23,9 @@ import onnxruntime_extensions
 import torch
 
 from .errors import InputError
-from .modelfile import BUILTIN_DOMAINS, ModelFileError, check_model_file
+from .modelfile import BUILTIN_DOMAINS, EXTENSIONS_DOMAINS, ModelFileError, check_model_file
 
 EXTENSIONS_DOMAIN = "ai.onnx.contrib"
-# onnxruntime-extensions registers most ops in ai.onnx.contrib, its image codecs (DecodeImage,
-# EncodeImage, DrawBoundingBoxes) in com.microsoft.extensions: one library serves both.
-EXTENSIONS_DOMAINS = {EXTENSIONS_DOMAIN, "com.microsoft.extensions"}
 # A graph can refuse its input on purpose: a node named "input error: <message>" that fails
 # (exportable.blocks.image_io). The runners report such failures as InputError(<message>).
 INPUT_ERROR = "input error: "
@@ -263,7 +260,8 @@ def _to_numpy(value) -> np.ndarray:
 
 
 def _first_line(exc: Exception) -> str:
-    text = " ".join(str(exc).strip().splitlines()[:1])
+    """The first sentence of a library's message (torch's run on for paragraphs)."""
+    text = " ".join(str(exc).strip().splitlines()[:1]).split(". ")[0]
     return (text[:240] or type(exc).__name__).rstrip(".")
 
 
