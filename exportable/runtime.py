@@ -185,6 +185,10 @@ class OnnxRunner:
         quiet.log_severity_level = 4  # a failing run raises with the same text; don't also log it to stderr
         try:
             return dict(zip(self.output_names, self.session.run(self.output_names, ready, quiet)))
+        except UnicodeEncodeError as exc:  # a lone surrogate (e.g. "\ud800") is not text (found by fuzzing)
+            raise InputError(f"a string input holds {exc.object[exc.start:exc.end]!r} at character {exc.start}, a lone "
+                             "surrogate that is not valid Unicode text; clean the text (e.g. .encode('utf-8', "
+                             "'replace').decode()) before calling the model") from None
         except Exception as exc:
             refused = _refused(exc)
             if refused is None:
