@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import accelerate, parity, registry, runtime, stages, vectors
+from . import accelerate, integrity, parity, registry, runtime, stages, vectors
 from .errors import InputError
 from .exporters import onnx as onnx_exporter
 from .recipe import FORMATS, Recipe
@@ -153,30 +153,49 @@ def capture_artifact(recipe: Recipe, fmt: str, folder: Path, opset: int = DEFAUL
     return Path(folder) / MODEL_FILES[fmt], export.report
 
 
-def load_artifact(path: str | Path, fmt: str = "onnx", threads: int | None = None):
-    """A runner for an artifact folder (or a model file): `runner.run({name: array})`; `fmt` is
-    a format (onnx, torchscript) or a variant written beside it (onnx-optimized, onnx-int8...)."""
+def model_file(path: str | Path, fmt: str = "onnx") -> Path:
+    """The model file of `fmt` in an artifact folder (or `path` itself when it is a file)."""
     path = Path(path)
     if path.is_dir():
         files = {**MODEL_FILES, **{v.name: v.file for v in accelerate.VARIANTS}}
         if fmt not in files:
             raise InputError(f"unknown format {fmt!r}; choose from: {', '.join(files)}")
         path = path / files[fmt]
+    return path
+
+
+def load_artifact(path: str | Path, fmt: str = "onnx", threads: int | None = None, check_hash: bool = True):
+    """A runner for an artifact folder (or a model file): `runner.run({name: array})`; `fmt` is
+    a format (onnx, torchscript) or a variant written beside it (onnx-optimized, onnx-int8...).
+
+    The file is refused with a one-line InputError (exit 2) when it differs from the sha256
+    recorded at export (`check_hash=False` skips that), or is damaged or hostile
+    (exportable.modelfile: empty, cut short, not ONNX, external data outside its folder...)."""
+    path = model_file(path, fmt)
+    folder = integrity.artifact_folder_of(path)
+    if check_hash and folder is not None:
+        integrity.check_files(folder, [path.name])
     providers = accelerate.BY_NAME[fmt].providers if fmt in accelerate.BY_NAME else None
     return runtime.load(path, threads, providers)
 
 
-def verify_artifact(folder: str | Path, formats=None) -> dict[str, list[parity.CaseResult]]:
+def verify_artifact(folder: str | Path, formats=None, check_hash: bool = True) -> dict[str, list[parity.CaseResult]]:
     """Replay the vectors beside an artifact against its model files (the formats and every
-    variant written with it, each with its own tolerances); raise ParityError on mismatch."""
+    variant written with it, each with its own tolerances); raise ParityError on mismatch.
+    Before any model is loaded, each file is checked against its recorded sha256 (IntegrityError,
+    exit 2; `check_hash=False` skips that)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder} is not an artifact folder; pass e.g. artifacts/sentence_bert")
+    if check_hash:
+        integrity.recorded(folder)  # an unreadable report.json or manifest is named before anything else
     vecs = vectors.read(folder / "vectors")
     files = {**vecs.models, **{name: v["file"] for name, v in vecs.variants.items()}}
     fmts = [f for f in (formats or files) if (folder / files.get(f, "-")).is_file()]
     if not fmts:
         raise InputError(f"{folder} holds none of the model files listed in its vectors ({files})")
+    if check_hash:
+        integrity.check_files(folder, [files[f] for f in fmts])
     results = {}
     for fmt in fmts:
         variant = vecs.variants.get(fmt)

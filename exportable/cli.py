@@ -58,6 +58,8 @@ def _base_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="replay an artifact's test vectors against its model files")
     v.add_argument("folder", type=Path)
     v.add_argument("--format", default=None, help="only these formats (default: all present)")
+    v.add_argument("--no-hash-check", action="store_true",
+                   help="replay even if a model file differs from the sha256 recorded at export")
     i = sub.add_parser("inspect", help="show an ONNX file's inputs, outputs, opset, custom ops, metadata")
     i.add_argument("model", type=Path)
     i.add_argument("--json", action="store_true", help="print JSON")
@@ -210,7 +212,7 @@ def cmd_verify(args) -> int:
 
     formats = args.format.split(",") if args.format else None
     try:
-        results = api.verify_artifact(args.folder, formats)
+        results = api.verify_artifact(args.folder, formats, check_hash=not args.no_hash_check)
     except ParityError as exc:
         print(exc.table)
         raise
@@ -230,6 +232,7 @@ def cmd_inspect(args) -> int:
     print(f"{info['path']}  {info['size_bytes'] / 2**20:.1f} MiB  opset {info['opset']}  "
           f"ir {info['ir_version']}  nodes {info['nodes']}")
     print("custom-op domains: " + (", ".join(info["custom_op_domains"]) or "none"))
+    print(f"integrity: {info['integrity']}")
     for kind in ("inputs", "outputs"):
         print(f"{kind}:")
         for v in info[kind]:

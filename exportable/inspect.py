@@ -4,20 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import onnx
-
-from . import graph
+from . import graph, integrity
 from .errors import InputError
+from .modelfile import check_not_blank, read_onnx
 
 
 def inspect_model(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"no file at {path}; pass a .onnx file, e.g. artifacts/sentence_bert/model.onnx")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:
-        raise InputError(f"{path} is not a readable ONNX model ({type(exc).__name__}); pass a .onnx file") from None
+    check_not_blank(path)
+    model = read_onnx(path)  # damaged, cut short or not ONNX: one line naming the file
     initializers = {t.name for t in model.graph.initializer}
     return {
         "path": str(path),
@@ -30,4 +27,17 @@ def inspect_model(path: Path) -> dict:
         "inputs": graph.describe_values(i for i in model.graph.input if i.name not in initializers),
         "outputs": graph.describe_values(model.graph.output),
         "metadata": {p.key: p.value for p in model.metadata_props},
+        "integrity": integrity_of(path),
     }
+
+
+def integrity_of(path: Path) -> str:
+    """Whether the file matches the sha256 its artifact recorded (inspect reports, never refuses)."""
+    folder = integrity.artifact_folder_of(path)
+    if folder is None or not any(path.name in files for files in integrity.recorded(folder).values()):
+        return "no recorded sha256"
+    try:
+        integrity.check_files(folder, [path.name])
+    except integrity.IntegrityError as exc:
+        return f"DIFFERS: {exc}"
+    return "matches the recorded sha256"

@@ -7,6 +7,9 @@ rather than a crash deep inside a kernel.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 import json
 import os
 import warnings
@@ -20,13 +23,9 @@ import onnxruntime_extensions
 import torch
 
 from .errors import InputError
+from .modelfile import BUILTIN_DOMAINS, EXTENSIONS_DOMAINS, ModelFileError, check_model_file
 
-# Operator domains ONNX Runtime implements itself; anything else needs a custom-op library.
-BUILTIN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "ai.onnx.preview.training"}
 EXTENSIONS_DOMAIN = "ai.onnx.contrib"
-# onnxruntime-extensions registers most ops in ai.onnx.contrib, its image codecs (DecodeImage,
-# EncodeImage, DrawBoundingBoxes) in com.microsoft.extensions: one library serves both.
-EXTENSIONS_DOMAINS = {EXTENSIONS_DOMAIN, "com.microsoft.extensions"}
 # A graph can refuse its input on purpose: a node named "input error: <message>" that fails
 # (exportable.blocks.image_io). The runners report such failures as InputError(<message>).
 INPUT_ERROR = "input error: "
@@ -93,6 +92,30 @@ def session_options(custom_domains, threads: int | None = None):
     return so
 
 
+@contextlib.contextmanager
+def caller_float_state():
+    """Keep the caller's floating-point state as it was: ONNX Runtime applies
+    session.set_denormal_as_zero to the thread that creates the session too, after which the
+    user's own numpy code flushes subnormals to zero (found by tests/test_trust_fuzz.py:
+    Hypothesis refused to go on, "we can't represent subnormal floats right now"). fegetenv /
+    fesetenv save and restore the x87 and SSE (MXCSR) state; where libm is not found, no-op."""
+    libm = _libm()
+    state = ctypes.create_string_buffer(512)  # larger than any platform's fenv_t
+    saved = libm is not None and libm.fegetenv(state) == 0
+    try:
+        yield
+    finally:
+        if saved:
+            libm.fesetenv(state)
+
+
+def _libm():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6")
+    except OSError:
+        return None
+
+
 def _check_string_tensor(name: str, value: np.ndarray) -> np.ndarray:
     flat = []
     for item in value.reshape(-1):
@@ -140,13 +163,19 @@ def validate_feed(feed: Mapping, specs: Mapping[str, tuple[str, list]]) -> dict[
 
 
 class OnnxRunner:
-    def __init__(self, path: Path, threads: int | None = None, providers=None):
+    def __init__(self, path: Path, threads: int | None = None, providers=None, model: onnx.ModelProto | None = None):
         self.path = Path(path)
-        model = onnx.load(str(self.path), load_external_data=False)
+        model = model if model is not None else onnx.load(str(self.path), load_external_data=False)
         self.metadata = {p.key: p.value for p in model.metadata_props}
         self.custom_op_domains = sorted({o.domain for o in model.opset_import} - BUILTIN_DOMAINS)
-        self.session = ort.InferenceSession(str(self.path), session_options(self.custom_op_domains, threads),
-                                            providers=list(providers or ["CPUExecutionProvider"]))
+        options = session_options(self.custom_op_domains, threads)
+        try:
+            with caller_float_state():
+                self.session = ort.InferenceSession(str(self.path), options,
+                                                    providers=list(providers or ["CPUExecutionProvider"]))
+        except Exception as exc:  # onnxruntime's Fail/InvalidGraph/...: a multi-line C++ message
+            raise ModelFileError(f"{self.path.name} does not load in ONNX Runtime ({_first_line(exc)}); "
+                                 "re-export the artifact") from exc
         self.input_specs = {i.name: (ORT_TYPES.get(i.type, i.type), list(i.shape)) for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
 
@@ -156,6 +185,10 @@ class OnnxRunner:
         quiet.log_severity_level = 4  # a failing run raises with the same text; don't also log it to stderr
         try:
             return dict(zip(self.output_names, self.session.run(self.output_names, ready, quiet)))
+        except UnicodeEncodeError as exc:  # a lone surrogate (e.g. "\ud800") is not text (found by fuzzing)
+            raise InputError(f"a string input holds {exc.object[exc.start:exc.end]!r} at character {exc.start}, a lone "
+                             "surrogate that is not valid Unicode text; clean the text (e.g. .encode('utf-8', "
+                             "'replace').decode()) before calling the model") from None
         except Exception as exc:
             refused = _refused(exc)
             if refused is None:
@@ -197,9 +230,12 @@ class TorchScriptRunner:
         ctx = quiet_torchscript()
         try:
             self.module = torch.jit.load(str(self.path), map_location="cpu", _extra_files=extra)
+            info = json.loads(extra[self.EXTRA] or "{}")
+        except Exception as exc:  # a damaged archive: PytorchStreamReader / unpickler errors
+            raise ModelFileError(f"{self.path.name} is not a loadable TorchScript archive ({_first_line(exc)}); "
+                                 "re-export the artifact") from exc
         finally:
             ctx.__exit__(None, None, None)
-        info = json.loads(extra[self.EXTRA] or "{}")
         self.input_names = info.get("inputs", [])
         self.output_names = info.get("outputs", [])
         self.input_specs = {s["name"]: (s["dtype"], s["shape"]) for s in info.get("input_specs", [])}
@@ -227,13 +263,21 @@ def _to_numpy(value) -> np.ndarray:
     return value.numpy()
 
 
+def _first_line(exc: Exception) -> str:
+    """The first sentence of a library's message (torch's run on for paragraphs)."""
+    text = " ".join(str(exc).strip().splitlines()[:1]).split(". ")[0]
+    return (text[:240] or type(exc).__name__).rstrip(".")
+
+
 def load(path: Path, threads: int | None = None, providers=None):
-    """Load `model.onnx` (on `providers`, default the CPU) or `model.pt` (by suffix)."""
+    """Load `model.onnx` (on `providers`, default the CPU) or `model.pt` (by suffix), once the
+    file passed modelfile.check_model_file (damaged or hostile files: one-line ModelFileError)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"no model file at {path}; pass an artifact's model.onnx or model.pt")
+    if path.suffix not in (".onnx", ".pt", ".ts"):
+        raise InputError(f"cannot run {path.name}: expected a .onnx or .pt file")
+    model = check_model_file(path)
     if path.suffix == ".onnx":
-        return OnnxRunner(path, threads, providers)
-    if path.suffix in (".pt", ".ts"):
-        return TorchScriptRunner(path)
-    raise InputError(f"cannot run {path.name}: expected a .onnx or .pt file")
+        return OnnxRunner(path, threads, providers, model)
+    return TorchScriptRunner(path)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import shutil
-import tempfile
+import os
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,14 +20,23 @@ import onnx
 import onnxruntime as ort
 from transformers.utils import logging as hf_logging
 
-from . import accelerate, contract, graph, parity, runtime, vectors
+from . import accelerate, contract, graph, integrity, outfolder, parity, runtime, vectors
 from ._version import __version__
 from .errors import CheckError, ExportableError, ExportError, InputError
 from .hashing import sha256_state_dict
+from .modelfile import ModelFileError
 from .recipe import Recipe, Source
 from .report import Report, Stage
 
 MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.pt"}
+# tests/test_trust_crash.py: the process SIGKILLs itself where this names (a stage, or a point
+# inside publish), to prove a crash anywhere leaves the previous artifact or none.
+CRASH_AT = "EXPORTABLE_TEST_CRASH_AT"
+
+
+def crash_point(name: str) -> None:
+    if os.environ.get(CRASH_AT) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def quiet_libraries() -> None:
@@ -66,6 +75,7 @@ def stage(export: Export, name: str):
     st = Stage(name)
     export.report.stages.append(st)
     export.progress(f"{name} ...")
+    crash_point(name)
     start = time.perf_counter()
     try:
         yield st
@@ -165,6 +175,8 @@ def checked(path: Path, threads: int | None = None, providers=None):
         if path.suffix == ".onnx":
             onnx.checker.check_model(str(path), full_check=True)
         return runtime.load(path, threads, providers)
+    except ModelFileError as exc:  # the file just written is damaged: a failed export, not bad input
+        raise CheckError(str(exc)) from exc
     except ExportableError:
         raise
     except Exception as exc:
@@ -251,13 +263,19 @@ def loaded_variant(path: Path, threads: int | None, providers):
 def write(export: Export) -> Stage:
     """Test vectors (inputs and the original's outputs, for Java and Go) and the report."""
     with stage(export, "write") as st:
-        write_vectors(export)
-        export.report.files = {p.name: f"{p.stat().st_size} bytes" for p in export.folder.iterdir() if p.is_file()}
+        files = integrity.describe(export.folder, model_files(export))
+        write_vectors(export, files)
+        export.report.files = files
         export.report.write(export.folder)
     return st
 
 
-def write_vectors(export: Export) -> None:
+def model_files(export: Export) -> list[str]:
+    """Every model file this export wrote (formats and variants), each hashed into the records."""
+    return [MODEL_FILES[fmt] for fmt in export.formats] + [v.file for v in export.variants]
+
+
+def write_vectors(export: Export, files: dict) -> None:
     recipe, fmts = export.recipe, export.formats
     cases_out = []
     for case in export.cases:
@@ -276,7 +294,7 @@ def write_vectors(export: Export) -> None:
     fp32 = recipe.output_tolerances()
     variants = {v.name: {"file": v.file, "tolerances": v.tolerances(fp32)} for v in export.variants}
     vectors.write(export.folder / "vectors", vectors.Vectors(
-        recipe.name, {fmt: MODEL_FILES[fmt] for fmt in fmts}, custom, fp32, cases_out, variants))
+        recipe.name, {fmt: MODEL_FILES[fmt] for fmt in fmts}, custom, fp32, cases_out, variants, files))
 
 
 def prepare_out(out: Path) -> Path:
@@ -287,7 +305,8 @@ def prepare_out(out: Path) -> Path:
         raise InputError(f"--out {out} is a file; pass a folder path")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        outfolder.clean_leftovers(out)  # what an export killed mid-way left beside `out`
+        return outfolder.temp_folder(out)
     except OSError as exc:
         raise InputError(f"--out {out}: cannot write there ({exc.strerror}); choose a writable folder") from None
 
@@ -299,11 +318,5 @@ def publish(export: Export, out: Path, allow_mismatch: bool) -> None:
     if failed and not allow_mismatch:
         name, results = next(iter(failed.items()))
         parity.check(results, f"{export.recipe.name} {name} artifact vs {export.recipe.original_pipeline}")
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{int(time.time() * 1000)}")
-        out.rename(old)
-    export.folder.chmod(0o755)  # mkdtemp makes it private; an artifact folder is meant to be shared
-    export.folder.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    crash_point("publish")
+    outfolder.swap_into_place(export.folder, out, crash_point)

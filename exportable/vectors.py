@@ -13,9 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
+from .integrity import read_json
 from .recipe import Tolerance
 
 FORMAT = "exportable.vectors/1"
+MANIFEST = "manifest.json"
 NUMERIC = {"float32", "float64", "int64", "int32", "uint8", "bool"}
 
 # ONNX Runtime Java's OnnxTensor.createTensor(env, String[], shape) hands strings to the C API as
@@ -78,6 +80,8 @@ class Vectors:
     # accelerated variants beside the artifact (exportable.accelerate's table), each replayed on
     # the same cases with its own tolerances: {name: {"file": ..., "tolerances": {output: Tolerance}}}
     variants: dict[str, dict] = field(default_factory=dict)
+    # every model file the export wrote: {file name: {"sha256": hex, "bytes": size}} (integrity.py)
+    files: dict[str, dict] = field(default_factory=dict)
 
 
 def dtype_name(array: np.ndarray) -> str:
@@ -108,7 +112,17 @@ def _read_tensor(root: Path, entry: Mapping) -> np.ndarray:
     if entry["dtype"] == "string":
         return np.array(entry["values"], dtype=object).reshape(shape)
     dtype = np.dtype(entry["dtype"]).newbyteorder("<")
-    data = np.fromfile(root / entry["file"], dtype=dtype)
+    path = root / entry["file"]
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise InputError(f"{root / MANIFEST}: tensor file {entry['file']!r} is outside the vectors folder; "
+                         "re-export the artifact")
+    if not path.is_file():
+        raise InputError(f"test vector file {path} is missing; re-export the artifact")
+    want = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if path.stat().st_size != want:
+        raise InputError(f"test vector file {path} is {path.stat().st_size} bytes, but its shape {list(shape)} "
+                         f"{entry['dtype']} needs {want}: it is damaged or cut short; re-export the artifact")
+    data = np.fromfile(path, dtype=dtype)
     return data.astype(np.dtype(entry["dtype"])).reshape(shape)
 
 
@@ -138,6 +152,8 @@ def write(root: Path, vectors: Vectors) -> None:
         "tolerances": {k: t.as_dict() for k, t in vectors.tolerances.items()},
         "cases": cases,
     }
+    if vectors.files:
+        manifest["files"] = vectors.files
     if vectors.variants:
         manifest["variants"] = {name: {"file": v["file"], "tolerances": {k: _json_tolerance(t) for k, t in
                                                                           v["tolerances"].items()}}
@@ -146,12 +162,22 @@ def write(root: Path, vectors: Vectors) -> None:
 
 
 def read(root: Path) -> Vectors:
-    path = root / "manifest.json"
+    """The vectors beside an artifact; a malformed folder (bad JSON, missing keys or files, a
+    file of the wrong size) is a one-line InputError naming what is wrong."""
+    path = root / MANIFEST
     if not path.is_file():
         raise InputError(f"no test vectors at {path}; export with `python -m exportable recipe NAME` first")
-    manifest = json.loads(path.read_text(encoding="utf-8"))
+    manifest = read_json(path, root.parent)
     if manifest.get("format") != FORMAT:
         raise InputError(f"{path} has format {manifest.get('format')!r}, expected {FORMAT!r}; re-export the artifact")
+    try:
+        return _parse(root, manifest)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        what = f"missing key {exc}" if isinstance(exc, KeyError) else " ".join(str(exc).split())[:160]
+        raise InputError(f"{path} is malformed ({type(exc).__name__}: {what}); re-export the artifact") from None
+
+
+def _parse(root: Path, manifest: dict) -> Vectors:
     cases = [
         VectorCase(
             c["name"],
@@ -166,7 +192,8 @@ def read(root: Path) -> Vectors:
     variants = {name: {"file": v["file"], "tolerances": {k: Tolerance.from_dict(t) for k, t in v["tolerances"].items()}}
                 for name, v in manifest.get("variants", {}).items()}
     return Vectors(manifest["recipe"], manifest["models"], manifest["custom_op_domains"],
-                   {k: Tolerance.from_dict(v) for k, v in manifest["tolerances"].items()}, cases, variants)
+                   {k: Tolerance.from_dict(v) for k, v in manifest["tolerances"].items()}, cases, variants,
+                   manifest.get("files", {}))
 
 
 def _json_tolerance(tolerance: Tolerance) -> dict:

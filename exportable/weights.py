@@ -4,6 +4,8 @@ checked with one-line errors), and the BatchNorm calibration that makes seeded w
 from __future__ import annotations
 
 import contextlib
+import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -20,6 +22,11 @@ def load_state_dict(path: Path) -> dict:
             state = load_file(str(path))
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # weights_only refused a global: the file holds code or objects
+        refused = re.search(r"Unsupported global: GLOBAL [\w.]+|Unsupported operand \d+", str(exc))
+        raise InputError(f"--weights {path}: holds pickled objects other than tensors, which are never unpickled "
+                         f"({refused.group(0) if refused else 'refused by torch.load(weights_only=True)'}); pass "
+                         "torch.save(model.state_dict(), PATH) or a .safetensors file") from None
     except Exception as exc:
         raise InputError(f"--weights {path}: cannot read it ({type(exc).__name__}: {' '.join(str(exc).split())[:160]}); "
                          "pass torch.save(model.state_dict(), PATH) or a .safetensors file") from None

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from test_recipes import PARITY_CASES, require_extra
 
-from exportable import registry
+from exportable import api, registry
 from exportable.report import record_runtime
 
 pytestmark = pytest.mark.consumers
@@ -107,6 +107,40 @@ def test_consumers_fail_loudly_on_a_wrong_expected_value(exported, java_jar, go_
         assert result.returncode == 1 and "FAIL" in result.stdout and "expected" in result.stdout
 
 
+def test_consumers_refuse_a_model_file_changed_after_export(java_jar, go_binary, tmp_path):
+    """Both check the model's sha256 recorded in the manifest before ONNX Runtime reads it."""
+    folder = tmp_path / "changed"
+    api.export_recipe(str(HERE.parents[1] / "examples" / "sensor_alarm.py"), out=folder)
+    for result in (_run(["java", "-jar", str(java_jar), str(folder)]),
+                   _run([str(go_binary), "-ort", str(NATIVE / "libonnxruntime.so"), "-ortx",
+                         str(NATIVE / "libortextensions.so"), str(folder)])):
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]  # unchanged: replays
+    model = folder / "model.onnx"
+    data = bytearray(model.read_bytes())
+    data[-1] ^= 0x01  # same size, one bit: only the hash can tell
+    model.write_bytes(bytes(data))
+    java = _run(["java", "-jar", str(java_jar), str(folder)])
+    go = _run([str(go_binary), "-ort", str(NATIVE / "libonnxruntime.so"), "-ortx",
+               str(NATIVE / "libortextensions.so"), str(folder)])
+    for result in (java, go):
+        assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+        assert "model.onnx does not match its recorded sha256" in result.stderr, result.stderr
+
+
+@pytest.mark.slow
+def test_go_soak_from_8_goroutines_answers_right_with_flat_memory(go_binary, tmp_path):
+    """issue 27: one session shared by 8 goroutines for 10,000 calls, every answer checked."""
+    folder = tmp_path / "sensor"
+    api.export_recipe(str(HERE.parents[1] / "examples" / "sensor_alarm.py"), out=folder)
+    result = _run([str(go_binary), "-ort", str(NATIVE / "libonnxruntime.so"), "-ortx",
+                   str(NATIVE / "libortextensions.so"), "-soak", "10000", "-goroutines", "8", str(folder)])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    line = next(l for l in result.stdout.splitlines() if l.startswith("soak "))
+    print(line)
+    assert ", 0 wrong answers," in line
+    assert float(re.search(r"growth (-?[\d.]+) MB", line).group(1)) < 20, line
+
+
 def test_consumers_replay_the_optimized_sentence_bert(exported, java_jar, go_binary, tmp_path):
     """`--optimize`'s graph (opset-23 Attention, the unpadding If, the chunk Loop over sequences)
     loads in ONNX Runtime Java and Go and answers the artifact's vectors within their tolerance."""
@@ -114,6 +148,9 @@ def test_consumers_replay_the_optimized_sentence_bert(exported, java_jar, go_bin
     folder = tmp_path / "optimized"
     shutil.copytree(source, folder)
     shutil.copy(source / "model.optimized.onnx", folder / "model.onnx")
+    manifest = json.loads((folder / "vectors" / "manifest.json").read_text())
+    manifest["files"]["model.onnx"] = manifest["files"]["model.optimized.onnx"]  # the file now there, as recorded
+    (folder / "vectors" / "manifest.json").write_text(json.dumps(manifest))
     java = _run(["java", "-jar", str(java_jar), str(folder)])
     go = _run([str(go_binary), "-ort", str(NATIVE / "libonnxruntime.so"), "-ortx",
                str(NATIVE / "libortextensions.so"), str(folder)])

@@ -26,6 +26,8 @@ const contrib = "ai.onnx.contrib"
 func main() {
 	ortLib := flag.String("ort", os.Getenv("ORT_LIB"), "libonnxruntime shared library (default $ORT_LIB, else native/)")
 	ortxLib := flag.String("ortx", os.Getenv("ORTX_LIB"), "onnxruntime-extensions custom op library (default $ORTX_LIB, else native/)")
+	flag.IntVar(&soakCalls, "soak", 0, "after the replay, run the cases this many more times from -goroutines goroutines sharing one session")
+	flag.IntVar(&soakGoroutines, "goroutines", 8, "goroutines for -soak")
 	flag.Usage = func() {
 		fmt.Fprintln(os.Stderr, "usage: replay-vectors [-ort LIB] [-ortx LIB] ARTIFACT_DIR|ARTIFACTS_DIR ...")
 		flag.PrintDefaults()
@@ -94,6 +96,9 @@ func replayArtifact(dir, ortxLib string) (passed, failed int, err error) {
 	if _, err := os.Stat(model); err != nil {
 		return 0, 0, badf("model file %s does not exist", model)
 	}
+	if err := CheckRecordedHash(m, model); err != nil {
+		return 0, 0, err
+	}
 	domains := slices.Sorted(slices.Values(*m.CustomOpDomains))
 	fmt.Printf("artifact %s (%s): %d cases, custom op domains %s\n", m.Recipe, dir, len(m.Cases), orNone(strings.Join(domains, ",")))
 
@@ -124,10 +129,22 @@ func replayArtifact(dir, ortxLib string) (passed, failed int, err error) {
 			failed++
 		}
 	}
+	if soakCalls > 0 {
+		if ok, err := soak(&s, dir, m, soakGoroutines, soakCalls); err != nil {
+			return 0, 0, err
+		} else if !ok {
+			failed++
+		}
+	}
 	return passed, failed, nil
 }
 
 var expectedFailures int
+
+var soakCalls, soakGoroutines int
+
+// quietPasses: a soak (-soak) prints only failing cases.
+var quietPasses bool
 
 func sessionOptions(domains []string, ortxLib string) (*ort.SessionOptions, error) {
 	options, err := ort.NewSessionOptions()
@@ -283,6 +300,7 @@ func replayCase(s *sessions, vectorsDir string, m *Manifest, c Case) (bool, erro
 // differing elements.
 func report(label string, results []Result) bool {
 	ok, maxAbs := true, 0.0
+
 	var worst *float64
 	for _, r := range results {
 		ok = ok && r.Problem == ""
@@ -294,6 +312,9 @@ func report(label string, results []Result) bool {
 		}
 	}
 	status := "PASS"
+	if ok && quietPasses {
+		return true
+	}
 	if !ok {
 		status = "FAIL"
 	}

@@ -1,9 +1,12 @@
 package main
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math"
 	"os"
 	"path/filepath"
@@ -19,6 +22,34 @@ type Manifest struct {
 	CustomOpDomains *[]string            `json:"custom_op_domains"`
 	Tolerances      map[string]Tolerance `json:"tolerances"`
 	Cases           []Case               `json:"cases"`
+	// Files: every model file the export wrote, with its sha256 and size (exportable/integrity.py).
+	Files map[string]struct {
+		SHA256 string `json:"sha256"`
+		Bytes  int64  `json:"bytes"`
+	} `json:"files"`
+}
+
+// CheckRecordedHash refuses (exit 2) a model file that differs from the sha256 the export
+// recorded, before ONNX Runtime reads it; an artifact made before hashes were recorded has none.
+func CheckRecordedHash(m *Manifest, model string) error {
+	want, ok := m.Files[filepath.Base(model)]
+	if !ok {
+		return nil
+	}
+	f, err := os.Open(model)
+	if err != nil {
+		return badf("cannot read %s: %v", model, err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return badf("cannot read %s: %v", model, err)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != want.SHA256 {
+		return badf("%s does not match its recorded sha256 (manifest %.16s..., file %.16s...); re-export the artifact",
+			filepath.Base(model), want.SHA256, got)
+	}
+	return nil
 }
 
 type Case struct {

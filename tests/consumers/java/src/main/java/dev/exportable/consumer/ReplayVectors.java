@@ -103,6 +103,7 @@ public final class ReplayVectors {
         String name = manifest.has("recipe") ? manifest.get("recipe").getAsString() : dir.getFileName().toString();
         Path model = dir.resolve(manifest.getAsJsonObject("models").get("onnx").getAsString());
         if (!Files.isRegularFile(model)) throw new BadInput("model file " + model + " does not exist");
+        checkRecordedHash(manifest, model);
         Set<String> domains = new TreeSet<>();
         manifest.getAsJsonArray("custom_op_domains").forEach(d -> domains.add(d.getAsString()));
         Map<String, Compare.Tolerance> tolerances = readTolerances(manifest.getAsJsonObject("tolerances"));
@@ -129,6 +130,26 @@ public final class ReplayVectors {
             System.out.println("FAIL " + name + ": " + oneLine(e.getMessage()));
             counts[1] += Math.max(1, cases.size());
         }
+    }
+
+    /** The model file must be the one exported: its sha256 as recorded in the manifest's "files"
+     *  (docs/vectors.md); a changed file is bad input (exit 2), refused before ONNX Runtime reads it. */
+    static void checkRecordedHash(JsonObject manifest, Path model) throws BadInput {
+        JsonObject files = manifest.has("files") ? manifest.getAsJsonObject("files") : null;
+        String name = model.getFileName().toString();
+        if (files == null || !files.has(name)) return; // exported before hashes were recorded
+        String want = files.getAsJsonObject(name).get("sha256").getAsString();
+        String got;
+        try (var in = Files.newInputStream(model)) {
+            var digest = java.security.MessageDigest.getInstance("SHA-256");
+            byte[] block = new byte[1 << 20];
+            for (int n; (n = in.read(block)) > 0; ) digest.update(block, 0, n);
+            got = java.util.HexFormat.of().formatHex(digest.digest());
+        } catch (IOException | java.security.NoSuchAlgorithmException e) {
+            throw new BadInput("cannot read " + model + ": " + e.getMessage());
+        }
+        if (!got.equals(want)) throw new BadInput(name + " does not match its recorded sha256 (manifest "
+                + want.substring(0, 16) + "..., file " + got.substring(0, 16) + "...); re-export the artifact");
     }
 
     /** The manifest and the model's metadata_props must agree on the custom op domains. */
