@@ -12,7 +12,6 @@ ids-in, ids-out core (input_ids + attention_mask, left-padded).
 from __future__ import annotations
 
 from functools import cached_property
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -73,6 +72,7 @@ class CausalLMFamily(TextFamily):
     def tokenizer(self):
         tokenizer = super().tokenizer
         tokenizer.padding_side = "left"  # prompts of different lengths end where generation starts
+        tokenizer.truncation_side = "left"  # a prompt over the context keeps its end
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         return tokenizer
@@ -111,9 +111,7 @@ class CausalLMFamily(TextFamily):
     def tokenize(self, texts: list[str]) -> dict[str, np.ndarray]:
         if not texts:
             return {"input_ids": np.zeros((0, 0), np.int64), "attention_mask": np.zeros((0, 0), np.int64)}
-        tokenizer = self.tokenizer
-        tokenizer.truncation_side = "left"
-        enc = tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="np")
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="np")
         return {"input_ids": enc["input_ids"].astype(np.int64), "attention_mask": enc["attention_mask"].astype(np.int64)}
 
     def build_original(self):
@@ -182,7 +180,6 @@ class CausalLMFamily(TextFamily):
             repetition_penalty=self.settings["repetition_penalty"], bos_id=self.bos_id))
 
     def tokenizer_plan(self):
-        self.tokenizer.truncation_side = "left"
         return plan_from_hf(self.tokenizer, max_length=self.max_length, source=str(self.tokenizer_dir))
 
     def onnx_preprocessor(self, opset: int):
@@ -218,8 +215,3 @@ class CausalLMFamily(TextFamily):
     def default_state(self):
         return self.lm.state_dict()
 
-    def text_cases(self, texts, sizes, corpus_every: int = 1) -> list[Case]:
-        raise NotImplementedError  # generation validates on its own prompts (validation_cases)
-
-    def option_model_dir(self) -> Path | None:
-        return self._checkpoint
