@@ -28,7 +28,7 @@ class _Parser(argparse.ArgumentParser):
 def _base_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m exportable", description="Export models to verified single-file artifacts.")
     p.add_argument("--version", action="version", version=f"exportable {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="{list,recipe,verify,inspect,bench}", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", metavar="{list,recipe,verify,inspect,bench,run,serve,triton}", parser_class=_Parser)
     sub.required = True
     sub.add_parser("list", help="list the registered recipes")
     # add_help=False: `recipe NAME --help` lists that recipe's own options (cmd_recipe), which
@@ -62,7 +62,31 @@ def _base_parser() -> argparse.ArgumentParser:
     i.add_argument("model", type=Path)
     i.add_argument("--json", action="store_true", help="print JSON")
     _bench_parser(sub)
+    _scale_parsers(sub)
     return p
+
+
+def _scale_parsers(sub) -> None:
+    """run / serve / triton: an artifact over a table, behind HTTP, or as a Triton model (exportable.serving)."""
+    r = sub.add_parser("run", help="run an artifact over a .jsonl/.csv/.parquet table (local or Ray Data)")
+    r.add_argument("artifact", type=Path)
+    r.add_argument("input", type=Path, help=".jsonl, .csv or .parquet: one column per artifact input, optional id")
+    r.add_argument("output", type=Path, help=".jsonl or .parquet; refused rows go to <stem>.errors.jsonl")
+    r.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local (this process) or ray (Ray Data; RAY_ADDRESS joins a cluster; needs the scale extra)")
+    r.add_argument("--batch-size", type=int, default=32, help="rows per artifact call (default 32)")
+    r.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (per Ray actor with --engine ray)")
+    r.add_argument("--resume", action="store_true", help="finish an interrupted run without redoing its written parts")
+    r.add_argument("--chunk-rows", type=int, default=4096, help="rows per crash-safe output part (default 4096)")
+    s = sub.add_parser("serve", help="serve an artifact over HTTP on Ray Serve (POST /predict, GET /health)")
+    s.add_argument("artifact", type=Path)
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--replicas", type=int, default=1)
+    t = sub.add_parser("triton", help="write a Triton Inference Server model repository for an artifact")
+    t.add_argument("artifact", type=Path)
+    t.add_argument("--out", type=Path, required=True, help="the model repository folder to write")
+    t.add_argument("--name", default=None, help="model name in the repository (default: the artifact folder's)")
 
 
 def _bench_parser(sub) -> None:
@@ -219,6 +243,20 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def cmd_scale(args) -> int:
+    from . import serving  # noqa: PLC0415  (api loads torch; --help stays instant)
+
+    if args.command == "triton":
+        print(f"wrote {serving.write_triton_repository(args.artifact, args.out, args.name)}")
+        return 0
+    if args.command == "serve":
+        return serving.serve(args.artifact, args.host, args.port, args.replicas, say=_progress(time.perf_counter()))
+    summary = serving.run_artifact(args.artifact, args.input, args.output, args.engine, args.batch_size,
+                                   args.threads, args.resume, args.chunk_rows, say=_progress(time.perf_counter()))
+    print(summary.line())
+    return summary.exit_code
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -230,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_bench(args, extra)
         if extra:
             raise InputError(f"unrecognized arguments: {' '.join(extra)}; see `python -m exportable --help`")
-        return {"list": cmd_list, "verify": cmd_verify, "inspect": cmd_inspect}[args.command](args)
+        return {"list": cmd_list, "verify": cmd_verify, "inspect": cmd_inspect, "run": cmd_scale, "serve": cmd_scale,
+                "triton": cmd_scale}[args.command](args)
     except ParityError as exc:
         if exc.table:
             print(exc.table, file=sys.stderr)
