@@ -9,8 +9,8 @@ HTTP (Ray Serve), or hand it to Triton Inference Server (`triton`). See docs/ser
 from .command import DEFAULT_BATCH, ENGINES, RunSummary, run_artifact
 from .predict import Outcome, predict_rows
 from .rows import RowError, RowFeeder
-from .triton import write_triton_repository
 from .server import serve
+from .triton import write_triton_repository
 
 __all__ = ["DEFAULT_BATCH", "ENGINES", "Outcome", "RowError", "RowFeeder", "RunSummary", "predict_rows",
            "run_artifact", "serve", "write_triton_repository"]
