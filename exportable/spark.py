@@ -20,8 +20,9 @@ import numpy as np
 from . import api
 from .errors import MissingDependency
 
-SPARK_TYPES = {"float32": "float", "float64": "double", "int64": "long", "int32": "int", "uint8": "int",
-               "bool": "boolean", "string": "string"}
+SPARK_TYPES = {"tensor(float)": "FloatType", "tensor(double)": "DoubleType", "tensor(int64)": "LongType",
+               "tensor(int32)": "IntegerType", "tensor(uint8)": "IntegerType", "tensor(bool)": "BooleanType",
+               "tensor(string)": "StringType"}
 
 
 def _return_type(runner):
@@ -31,9 +32,7 @@ def _return_type(runner):
     fields = []
     meta = {o.name: o for o in runner.session.get_outputs()}
     for name in runner.output_names:
-        dtype = {"tensor(float)": "float", "tensor(double)": "double", "tensor(int64)": "long",
-                 "tensor(int32)": "int", "tensor(bool)": "boolean", "tensor(string)": "string"}[meta[name].type]
-        spark_type = types._parse_datatype_string(dtype)
+        spark_type = getattr(types, SPARK_TYPES[meta[name].type])()
         for _ in meta[name].shape[1:]:
             spark_type = types.ArrayType(spark_type)
         fields.append(types.StructField(name, spark_type))

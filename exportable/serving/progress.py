@@ -34,7 +34,8 @@ class Progress:
         self.stream.flush()
 
     def close(self) -> None:
-        self.draw(time.perf_counter())
+        if self.done < self.total or not self.last_draw:  # advance() drew the final state already
+            self.draw(time.perf_counter())
         self.stream.write("\n")
         self.stream.flush()
 

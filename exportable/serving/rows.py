@@ -130,9 +130,7 @@ class RowFeeder:
         if not self.batched:
             (row,) = rows
             return dict(row)
-        return {name: (np.array([r[name] for r in rows], dtype=object) if dtype == "string" and not self.row_shape(name)
-                       else np.stack([r[name] for r in rows]))
-                for name, (dtype, _) in self.specs.items()}
+        return {name: np.stack([r[name] for r in rows]) for name in self.specs}
 
     def split(self, outputs: Mapping[str, np.ndarray], count: int) -> list[dict]:
         """The outputs of one call as one JSON-able dict per row."""
