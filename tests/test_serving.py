@@ -184,6 +184,7 @@ def test_resume_after_sigkill_finishes_without_redoing_written_parts(sensor, tmp
     assert output.read_bytes() == (tmp_path / "reference.jsonl").read_bytes()  # no row lost or duplicated
 
 
+@pytest.mark.slow
 def test_ray_engine_writes_what_the_local_engine_writes(sensor, text_artifact, tmp_path):
     pytest.importorskip("ray")
     source, _ = _sensor_input(tmp_path)
@@ -192,6 +193,13 @@ def test_ray_engine_writes_what_the_local_engine_writes(sensor, text_artifact, t
         assert result.returncode == 0, result.stderr
     assert (tmp_path / "ray.parquet").read_bytes() == (tmp_path / "local.parquet").read_bytes()
     assert (tmp_path / "ray.errors.jsonl").read_text() == (tmp_path / "local.errors.jsonl").read_text()
+    (tmp_path / "in.csv").write_text("text,id\n" + "".join(f'"{t}",{i}\n' for i, t in enumerate(TEXTS * 50)))
+    for engine in ("local", "ray"):
+        result = run_cli("run", text_artifact, tmp_path / "in.csv", tmp_path / f"{engine}.jsonl", "--engine", engine,
+                         "--batch-size", "8")
+        assert result.returncode == 0, result.stderr
+    assert (tmp_path / "ray.jsonl").read_text() == (tmp_path / "local.jsonl").read_text()
+    assert len((tmp_path / "ray.jsonl").read_text().splitlines()) == 250
 
 
 def test_engine_ray_without_ray_names_the_extra(sensor, tmp_path):
@@ -212,13 +220,13 @@ def _free_port():
 
 
 @pytest.mark.slow
-def test_serve_batches_concurrent_requests_and_refuses_bad_ones(text_artifact):
+def test_serve_batches_concurrent_requests_and_refuses_bad_ones(text_artifact, tmp_path):
     requests = pytest.importorskip("requests")
     pytest.importorskip("ray")
     port = _free_port()
     server = subprocess.Popen([sys.executable, "-m", "exportable", "serve", text_artifact, "--port", str(port)],
-                              cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
+                              cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                              stdout=(tmp_path / "serve.log").open("w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -226,9 +234,10 @@ def test_serve_batches_concurrent_requests_and_refuses_bad_ones(text_artifact):
             try:
                 if requests.get(f"{url}/health", timeout=2).status_code == 200:
                     break
-            except requests.ConnectionError:
-                time.sleep(0.5)
-        assert requests.get(f"{url}/health", timeout=5).json()["status"] == "ok"
+            except requests.RequestException:  # not listening yet, or the app not deployed yet
+                pass
+            time.sleep(0.5)
+        assert requests.get(f"{url}/health", timeout=5).json()["status"] == "ok", (tmp_path / "serve.log").read_text()
         batches = [TEXTS[i % 5:] + [f"Request {i}"] for i in range(24)]
         with ThreadPoolExecutor(12) as pool:
             answers = list(pool.map(lambda texts: requests.post(f"{url}/predict", json={"inputs": {"text": texts}},
@@ -238,6 +247,7 @@ def test_serve_batches_concurrent_requests_and_refuses_bad_ones(text_artifact):
             assert answer.status_code == 200, answer.text
             want = direct.run({"text": np.array(texts, dtype=object)})
             assert answer.json()["outputs"] == {"lower": want["lower"].tolist(), "length": want["length"].tolist()}
+        assert max(int(a.headers["X-Batched-Requests"]) for a in answers) > 1  # concurrent requests shared calls
         bad_json = requests.post(f"{url}/predict", data=b"{not json", timeout=10)
         wrong_field = requests.post(f"{url}/predict", json={"inputs": {"txt": ["a"]}}, timeout=10)
         wrong_type = requests.post(f"{url}/predict", json={"inputs": {"text": [1, 2]}}, timeout=10)

@@ -70,14 +70,15 @@ def batched(specs: Mapping[str, tuple[str, list]]) -> bool:
 def run_together(runner, feeds: Sequence[dict]) -> list:
     """Run concurrent requests' feeds as one call when the artifact is batched (concatenated on
     the batch dim, outputs split back); a call that fails runs each request alone, so one
-    request's refusal is its own. Each answer is {"outputs": ...} or a RequestError."""
+    request's refusal is its own. Each answer is {"outputs": ..., "batched": requests in its
+    call} or a RequestError."""
     if len(feeds) > 1 and batched(runner.input_specs):
         counts = [len(next(iter(f.values()))) for f in feeds]
         try:
             outputs = runner.run({n: np.concatenate([f[n] for f in feeds]) for n in feeds[0]})
             if all(len(v) == sum(counts) for v in outputs.values()):
                 bounds = np.cumsum([0, *counts])
-                return [{"outputs": {n: to_json_value(v[a:b]) for n, v in outputs.items()}}
+                return [{"outputs": {n: to_json_value(v[a:b]) for n, v in outputs.items()}, "batched": len(feeds)}
                         for a, b in zip(bounds[:-1], bounds[1:])]
         except (InputError, ValueError):
             pass  # answer each request alone below
@@ -86,6 +87,6 @@ def run_together(runner, feeds: Sequence[dict]) -> list:
 
 def _run_one(runner, feed: dict):
     try:
-        return {"outputs": {n: to_json_value(v) for n, v in runner.run(feed).items()}}
+        return {"outputs": {n: to_json_value(v) for n, v in runner.run(feed).items()}, "batched": 1}
     except InputError as exc:
         return RequestError(422, str(exc))

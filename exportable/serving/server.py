@@ -46,7 +46,8 @@ class ArtifactServer:
             answer = await self.predict(parse_request(await request.body(), self.runner.input_specs))
             if isinstance(answer, RequestError):
                 raise answer
-            return JSONResponse(answer)
+            # how many requests shared this one's artifact call: dynamic batching, observable
+            return JSONResponse({"outputs": answer["outputs"]}, headers={"X-Batched-Requests": str(answer["batched"])})
         except RequestError as exc:
             return JSONResponse({"error": str(exc)}, status_code=exc.status)
 
