@@ -93,7 +93,10 @@ def _bench_parser(sub) -> None:
     b = sub.add_parser("bench", help="time the original pipeline and every artifact variant side by side",
                        description="Recipe options (e.g. --model, --inputs) are accepted too. Writes bench.json "
                                    "and bench.png; see docs/performance.md.")
-    b.add_argument("name")
+    b.add_argument("name", nargs="?", help="a recipe (with --run: default sentence_bert)")
+    b.add_argument("--run", action="store_true", help="rows/s of `run` local and on Ray vs a plain loop over the "
+                                                      "original pipeline, on the same rows (docs/serving.md)")
+    b.add_argument("--rows", type=int, default=10_000, help="rows for --run (default 10000)")
     b.add_argument("--out", type=Path, help="folder for bench.json, bench.png and built models "
                                             "(default artifacts/bench/NAME)")
     b.add_argument("--artifact", type=Path, help="use the model files in this folder (model.onnx, model.pt, "
@@ -190,6 +193,10 @@ def _int_list(text: str, flag: str) -> list[int]:
 def cmd_bench(args, extra: list[str]) -> int:
     from . import api, bench, registry  # noqa: PLC0415  (api loads torch; --help stays instant)
 
+    if args.run:
+        return _bench_run(args)
+    if args.name is None:
+        raise InputError("bench: give a recipe name (see `python -m exportable list`), or --run")
     options, rest = _recipe_options(registry.resolve(args.name), extra)
     if rest:
         raise InputError(f"unknown option {rest[0]!r} for bench {args.name}; see `python -m exportable bench --help`")
@@ -205,6 +212,25 @@ def cmd_bench(args, extra: list[str]) -> int:
     if failed:
         print(f"parity FAILED for {', '.join(failed)} (not timed)")
     return 1 if failed else 0
+
+
+def _bench_run(args) -> int:
+    from .bench import throughput  # noqa: PLC0415  (api loads torch; --help stays instant)
+
+    engines = ("local", "ray") if _ray_installed() else ("local",)
+    results = throughput.run_throughput(args.name or "sentence_bert", out=args.out, artifact=args.artifact,
+                                        rows=args.rows, threads=args.threads, engines=engines,
+                                        progress=_progress(time.perf_counter()))
+    print(throughput.format_run_table(results))
+    return 0
+
+
+def _ray_installed() -> bool:
+    try:
+        import ray  # noqa: F401, PLC0415  (probing the optional scale extra)
+    except ImportError:
+        return False
+    return True
 
 
 def cmd_verify(args) -> int:
