@@ -74,6 +74,8 @@ class Parts:
             if entry.get("part") != done:
                 break
             done += 1
+        # keep only the whole lines: the next entry must not be glued to a torn one
+        self.journal.write_text("".join(line + "\n" for line in lines[:done + 1]))
         return done
 
     def part_paths(self, index: int) -> tuple[Path, Path]:
