@@ -301,3 +301,27 @@ def test_spark_udf_without_pyspark_names_what_to_install(sensor):
             predict_udf(sensor)
     else:
         pytest.skip("pyspark is installed: this checks the message shown without it")
+
+
+def test_image_rows_take_file_paths_or_bytes_and_refuse_unreadable_images(tmp_path):
+    """The row side of image artifacts (one image per call): a path relative to the input file's
+    folder or the bytes of a PNG/JPEG, decoded to RGB pixels as PIL decodes them."""
+    from PIL import Image
+
+    from exportable.images import encode, synthetic_image
+    from exportable.serving import RowError
+
+    pixels = synthetic_image(20, 30, seed=3)
+    (tmp_path / "a.png").write_bytes(encode(pixels, "PNG"))
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    feeder = RowFeeder({"image": ("uint8", ["height", "width", 3])}, ["probabilities"], base_dir=tmp_path)
+    assert not feeder.batched
+    np.testing.assert_array_equal(feeder.convert({"image": "a.png"})["image"], pixels)
+    as_bytes = feeder.convert({"image": (tmp_path / "a.png").read_bytes()})["image"]
+    np.testing.assert_array_equal(as_bytes, np.array(Image.open(tmp_path / "a.png").convert("RGB")))
+    with pytest.raises(RowError, match="not a readable image"):
+        feeder.convert({"image": "broken.jpg"})
+    with pytest.raises(RowError, match="cannot read image file 'missing.png'"):
+        feeder.convert({"image": "missing.png"})
+    encoded = RowFeeder({"image_bytes": ("uint8", ["bytes"])}, ["probabilities"], base_dir=tmp_path)
+    assert encoded.convert({"image_bytes": "a.png"})["image_bytes"].tobytes() == (tmp_path / "a.png").read_bytes()
