@@ -185,12 +185,22 @@ def test_resume_after_sigkill_finishes_without_redoing_written_parts(sensor, tmp
 
 
 @pytest.mark.slow
-def test_ray_engine_writes_what_the_local_engine_writes(sensor, text_artifact, tmp_path):
+def test_ray_engine_writes_what_the_local_engine_writes_and_resumes(sensor, text_artifact, tmp_path):
     pytest.importorskip("ray")
+    from exportable.serving.local import local_outcomes
+    from exportable.serving.parts import Parts, run_settings
+
     source, _ = _sensor_input(tmp_path)
-    for engine in ("local", "ray"):
-        result = run_cli("run", sensor, source, tmp_path / f"{engine}.parquet", "--engine", engine)
-        assert result.returncode == 0, result.stderr
+    local = run_cli("run", sensor, source, tmp_path / "local.parquet", "--chunk-rows", "64")
+    assert local.returncode == 0, local.stderr
+    # Ray resumes a run interrupted after its first part (written here as the local engine writes it)
+    parts = Parts(tmp_path / "ray.parquet", run_settings(source, sensor, tmp_path / "ray.parquet", 64), False, print)
+    runner = api.load_artifact(sensor)
+    first = next(local_outcomes(runner, RowFeeder(runner.input_specs, runner.output_names), source, 0, 64, 32))
+    parts.commit(0, first.results, first.refused)
+    ray = run_cli("run", sensor, source, tmp_path / "ray.parquet", "--engine", "ray", "--chunk-rows", "64", "--resume")
+    assert ray.returncode == 0, ray.stderr
+    assert "1 parts (64 rows) already written" in ray.stderr
     assert (tmp_path / "ray.parquet").read_bytes() == (tmp_path / "local.parquet").read_bytes()
     assert (tmp_path / "ray.errors.jsonl").read_text() == (tmp_path / "local.errors.jsonl").read_text()
     (tmp_path / "in.csv").write_text("text,id\n" + "".join(f'"{t}",{i}\n' for i, t in enumerate(TEXTS * 50)))
