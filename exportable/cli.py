@@ -28,7 +28,7 @@ class _Parser(argparse.ArgumentParser):
 def _base_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m exportable", description="Export models to verified single-file artifacts.")
     p.add_argument("--version", action="version", version=f"exportable {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="{list,recipe,verify,inspect,bench}", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", metavar="{list,recipe,verify,inspect,bench,run,serve,triton}", parser_class=_Parser)
     sub.required = True
     sub.add_parser("list", help="list the registered recipes")
     # add_help=False: `recipe NAME --help` lists that recipe's own options (cmd_recipe), which
@@ -64,14 +64,41 @@ def _base_parser() -> argparse.ArgumentParser:
     i.add_argument("model", type=Path)
     i.add_argument("--json", action="store_true", help="print JSON")
     _bench_parser(sub)
+    _scale_parsers(sub)
     return p
+
+
+def _scale_parsers(sub) -> None:
+    """run / serve / triton: an artifact over a table, behind HTTP, or as a Triton model (exportable.serving)."""
+    r = sub.add_parser("run", help="run an artifact over a .jsonl/.csv/.parquet table (local or Ray Data)")
+    r.add_argument("artifact", type=Path)
+    r.add_argument("input", type=Path, help=".jsonl, .csv or .parquet: one column per artifact input, optional id")
+    r.add_argument("output", type=Path, help=".jsonl or .parquet; refused rows go to <stem>.errors.jsonl")
+    r.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local (this process) or ray (Ray Data; RAY_ADDRESS joins a cluster; needs the scale extra)")
+    r.add_argument("--batch-size", type=int, default=32, help="rows per artifact call (default 32)")
+    r.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (per Ray actor with --engine ray)")
+    r.add_argument("--resume", action="store_true", help="finish an interrupted run without redoing its written parts")
+    r.add_argument("--chunk-rows", type=int, default=4096, help="rows per crash-safe output part (default 4096)")
+    s = sub.add_parser("serve", help="serve an artifact over HTTP on Ray Serve (POST /predict, GET /health)")
+    s.add_argument("artifact", type=Path)
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--replicas", type=int, default=1)
+    t = sub.add_parser("triton", help="write a Triton Inference Server model repository for an artifact")
+    t.add_argument("artifact", type=Path)
+    t.add_argument("--out", type=Path, required=True, help="the model repository folder to write")
+    t.add_argument("--name", default=None, help="model name in the repository (default: the artifact folder's)")
 
 
 def _bench_parser(sub) -> None:
     b = sub.add_parser("bench", help="time the original pipeline and every artifact variant side by side",
                        description="Recipe options (e.g. --model, --inputs) are accepted too. Writes bench.json "
                                    "and bench.png; see docs/performance.md.")
-    b.add_argument("name")
+    b.add_argument("name", nargs="?", help="a recipe (with --run: default sentence_bert)")
+    b.add_argument("--run", action="store_true", help="rows/s of `run` local and on Ray vs a plain loop over the "
+                                                      "original pipeline, on the same rows (docs/serving.md)")
+    b.add_argument("--rows", type=int, default=10_000, help="rows for --run (default 10000)")
     b.add_argument("--out", type=Path, help="folder for bench.json, bench.png and built models "
                                             "(default artifacts/bench/NAME)")
     b.add_argument("--artifact", type=Path, help="use the model files in this folder (model.onnx, model.pt, "
@@ -171,6 +198,10 @@ def _int_list(text: str, flag: str) -> list[int]:
 def cmd_bench(args, extra: list[str]) -> int:
     from . import api, bench, registry  # noqa: PLC0415  (api loads torch; --help stays instant)
 
+    if args.run:
+        return _bench_run(args)
+    if args.name is None:
+        raise InputError("bench: give a recipe name (see `python -m exportable list`), or --run")
     options, rest = _recipe_options(registry.resolve(args.name), extra)
     if rest:
         raise InputError(f"unknown option {rest[0]!r} for bench {args.name}; see `python -m exportable bench --help`")
@@ -204,6 +235,25 @@ def cmd_bench(args, extra: list[str]) -> int:
     if failed:
         print(f"parity FAILED for {', '.join(failed)} (not timed)")
     return 1 if failed else 0
+
+
+def _bench_run(args) -> int:
+    from .bench import throughput  # noqa: PLC0415  (api loads torch; --help stays instant)
+
+    engines = ("local", "ray") if _ray_installed() else ("local",)
+    results = throughput.run_throughput(args.name or "sentence_bert", out=args.out, artifact=args.artifact,
+                                        rows=args.rows, threads=args.threads, engines=engines,
+                                        progress=_progress(time.perf_counter()))
+    print(throughput.format_run_table(results))
+    return 0
+
+
+def _ray_installed() -> bool:
+    try:
+        import ray  # noqa: F401, PLC0415  (probing the optional scale extra)
+    except ImportError:
+        return False
+    return True
 
 
 def cmd_verify(args) -> int:
@@ -243,6 +293,20 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def cmd_scale(args) -> int:
+    from . import serving  # noqa: PLC0415  (api loads torch; --help stays instant)
+
+    if args.command == "triton":
+        print(f"wrote {serving.write_triton_repository(args.artifact, args.out, args.name)}")
+        return 0
+    if args.command == "serve":
+        return serving.serve(args.artifact, args.host, args.port, args.replicas, say=_progress(time.perf_counter()))
+    summary = serving.run_artifact(args.artifact, args.input, args.output, args.engine, args.batch_size,
+                                   args.threads, args.resume, args.chunk_rows, say=_progress(time.perf_counter()))
+    print(summary.line())
+    return summary.exit_code
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -254,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_bench(args, extra)
         if extra:
             raise InputError(f"unrecognized arguments: {' '.join(extra)}; see `python -m exportable --help`")
-        return {"list": cmd_list, "verify": cmd_verify, "inspect": cmd_inspect}[args.command](args)
+        return {"list": cmd_list, "verify": cmd_verify, "inspect": cmd_inspect, "run": cmd_scale, "serve": cmd_scale,
+                "triton": cmd_scale}[args.command](args)
     except ParityError as exc:
         if exc.table:
             print(exc.table, file=sys.stderr)
