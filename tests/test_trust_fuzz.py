@@ -81,7 +81,6 @@ def test_text_artifacts_answer_any_unicode_like_the_original(text_subject, texts
 hostile_text = st.one_of(
     st.lists(st.binary(max_size=60), min_size=1, max_size=3).map(lambda bs: np.array(bs, dtype=object)),
     st.text(st.characters(categories=["Cs"]), min_size=1, max_size=5).map(lambda s: np.array([s], dtype=object)),
-    st.lists(st.text(max_size=10), max_size=0).map(lambda _: np.array([], dtype=object)),
     st.integers(0, 3).map(lambda r: np.full((2,) * r, "text", dtype=object)),          # rank 0..3
     st.sampled_from(["float32", "int64", "uint8", "bool"]).map(lambda d: np.zeros((2, 3), dtype=d)),
     st.lists(st.one_of(st.integers(), st.none(), st.floats()), min_size=1, max_size=3).map(
@@ -96,6 +95,16 @@ def test_text_artifacts_survive_bytes_surrogates_and_wrong_tensors(text_subject,
     got = text_subject.answer({name: value})
     if got is not None:  # answered: only valid UTF-8 text of rank 1 may be answered
         assert value.ndim == 1
+
+
+def test_text_artifacts_answer_an_empty_batch(text_subject, request):
+    if "token_tagger" in request.node.callspec.id:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=(
+            "found by fuzzing (issue 27): token_tagger's graph fails on a batch of 0 texts with an ONNX Runtime "
+            "Reshape error instead of answering empty tags or a one-line InputError; needs an empty-batch guard")))
+    (name,) = text_subject.runner.input_specs
+    got = text_subject.answer({name: np.array([], dtype=object)})
+    assert got is None or all(v.shape[0] == 0 for v in got.values())
 
 
 # --- images -------------------------------------------------------------------------------------
