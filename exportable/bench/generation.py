@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 
 from .. import api, parity, samples
 from ..recipe import Case
+from .timing import paired_rounds
 
 ROUNDS = 5
 
@@ -53,23 +53,8 @@ def bench_generation(recipe, out: Path, batches: Sequence[int] = (1, 8), seconds
     return data
 
 
-def _median_s(fn: Callable, calls: int) -> float:
-    times = []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def _paired(original: Callable, artifact: Callable, tokens: int, seconds: float) -> dict:
-    t0 = time.perf_counter()
-    original(), artifact()
-    calls = max(2, int(seconds / ROUNDS / max(1e-3, time.perf_counter() - t0)))
-    orig_s, art_s = [], []
-    for _ in range(ROUNDS):
-        orig_s.append(_median_s(original, calls))
-        art_s.append(_median_s(artifact, calls))
+    orig_s, art_s = paired_rounds(original, artifact, seconds, ROUNDS)
     ratios = [o / a for o, a in zip(orig_s, art_s)]
     return {"generate_tokens_per_s": round(tokens / statistics.median(orig_s), 1),
             "artifact_tokens_per_s": round(tokens / statistics.median(art_s), 1),

@@ -153,3 +153,23 @@ def paired_speedup(original: Sequence[float], variant: Sequence[float]) -> tuple
     q1, q3 = (statistics.quantiles(ratios, n=4, method="inclusive")[i] for i in (0, 2)) if len(ratios) > 1 \
         else (ratios[0], ratios[0])
     return statistics.median(ratios), [q1, q3]
+
+
+def median_call_seconds(fn, calls: int) -> float:
+    """The median wall time of `calls` calls of `fn`."""
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def paired_rounds(original, candidate, seconds: float, rounds: int) -> tuple[list[float], list[float]]:
+    """Per round, the median seconds of a block of `original` calls and then of `candidate` calls
+    (the same number, sized to spend about `seconds` in all): the two lists pair round by round."""
+    t0 = time.perf_counter()
+    original(), candidate()  # warm both
+    calls = max(2, int(seconds / rounds / max(1e-4, time.perf_counter() - t0)))
+    pairs = [(median_call_seconds(original, calls), median_call_seconds(candidate, calls)) for _ in range(rounds)]
+    return [a for a, _ in pairs], [b for _, b in pairs]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import onnxruntime as ort
 from .. import registry, runtime, samples
 from ..errors import InputError
 from ..textinput import TextInputs
+from .timing import paired_rounds
 
 ROUNDS = 7
 
@@ -61,27 +61,11 @@ def bench_tokenizer(name: str, out: str | Path | None = None, batches: Sequence[
     return data
 
 
-def _median_ms(fn: Callable, calls: int) -> float:
-    times = []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1000
-
-
 def _paired(original: Callable, graph: Callable, seconds: float) -> dict:
-    t0 = time.perf_counter()
-    original(), graph()  # warm both
-    per_call = max(1e-4, time.perf_counter() - t0)
-    calls = max(3, int(seconds / ROUNDS / per_call))
-    hf_ms, graph_ms = [], []
-    for _ in range(ROUNDS):
-        hf_ms.append(_median_ms(original, calls))
-        graph_ms.append(_median_ms(graph, calls))
-    ratios = [h / g for h, g in zip(hf_ms, graph_ms)]
-    return {"hf_ms": round(statistics.median(hf_ms), 4), "graph_ms": round(statistics.median(graph_ms), 4),
-            "speedup": round(statistics.median(ratios), 3), "calls_per_round": calls, "rounds": ROUNDS}
+    hf_s, graph_s = paired_rounds(original, graph, seconds, ROUNDS)
+    ratios = [h / g for h, g in zip(hf_s, graph_s)]
+    return {"hf_ms": round(statistics.median(hf_s) * 1000, 4), "graph_ms": round(statistics.median(graph_s) * 1000, 4),
+            "speedup": round(statistics.median(ratios), 3), "rounds": ROUNDS}
 
 
 def format_tokenizer_table(data: dict) -> str:
