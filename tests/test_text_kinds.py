@@ -91,7 +91,7 @@ def byte_ids(hf, kind: str) -> list[int]:
         return [hf.convert_tokens_to_ids(c) for c in "ĢģĤĥ¢£¤¥¦§¨©ª«¬®¯°±²³´µ¶·¸¹º»¼½¾¿ÀÁÂÃÄÅÆÇÈÉÊËÌÍÎÏÐñòóôõö÷øùú"]
     if kind == "sentencepiece-bpe":
         return [hf.convert_tokens_to_ids(f"<0x{i:02X}>") for i in range(0x80, 0x100)]
-    return list(range(len(hf)))  # Unigram pieces are whole characters
+    return list(range(len(hf)))  # Unigram and WordPiece pieces are whole characters
 
 
 def nul_byte_id(hf, kind: str) -> int | None:
@@ -99,7 +99,10 @@ def nul_byte_id(hf, kind: str) -> int | None:
     return None if token is None else hf.convert_tokens_to_ids(token)
 
 
-@pytest.mark.parametrize("name", list(KINDS))
+DECODERS = {**KINDS, "minilm": "wordpiece"}  # the bundled all-MiniLM-L6-v2's WordPiece
+
+
+@pytest.mark.parametrize("name", list(DECODERS))
 def test_detokenizer_equals_batch_decode(name, request):
     """Corpus round trips and random ids (lone bytes and broken sequences, special tokens,
     padding) at several batch sizes: `batch_decode(ids, skip_special_tokens=True)`, U+FFFD repair
@@ -108,7 +111,7 @@ def test_detokenizer_equals_batch_decode(name, request):
     hf = load(request.getfixturevalue(f"{name}_dir"))
     run = session(build_decode_graph(plan_from_hf(hf, max_length=MAX_LENGTH), opset=18,
                                      clean_up_tokenization_spaces=hf.clean_up_tokenization_spaces))
-    nul_id = nul_byte_id(hf, KINDS[name])
+    nul_id = nul_byte_id(hf, DECODERS[name])
 
     def check(ids):
         got = run.run(None, {"ids": np.asarray(ids, np.int64).reshape(len(ids), -1)})[0].tolist()
@@ -120,7 +123,7 @@ def test_detokenizer_equals_batch_decode(name, request):
     nul_rows = sum(check(hf(chunk, padding=True)["input_ids"]) for chunk in batches(texts, 32))
     assert nul_rows <= sum("\x00" in t for t in texts)  # the only rows whose text may differ
     rng = random.Random(0)
-    invalid_bytes = byte_ids(hf, KINDS[name])
+    invalid_bytes = byte_ids(hf, DECODERS[name])
     pool = [i for i in range(len(hf)) if i != nul_id]
     for _ in range(200):
         rows, width = rng.choice([1, 2, 7]), rng.choice([0, 1, 3, 17])

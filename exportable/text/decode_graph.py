@@ -43,6 +43,7 @@ class DecodeTable:
     token_bytes: list[bytes]          # index = id; special tokens empty when skipped
     byte_token: list[bool]            # ByteFallback: a <0xNN> piece (groups of them decode together)
     strip_leading_space: bool = False  # Metaspace's first-token rule / Strip(' ', 1, 0) after Fuse
+    first_bytes: list[bytes] | None = None  # WordPiece: a row's first token decodes differently
 
 
 def decode_table(plan: TokenizerPlan, skip_special_tokens: bool = True) -> DecodeTable:
@@ -55,14 +56,15 @@ def decode_table(plan: TokenizerPlan, skip_special_tokens: bool = True) -> Decod
     added = {int(t["id"]): t for t in plan.backend.get("added_tokens") or []}
     size = max([*pieces, *added]) + 1
     chars = {c: byte for byte, c in byte_to_char().items()}
-    table, flags = [], []
+    table, flags, first = [], [], []
     for i in range(size):
         token = added[i]["content"] if i in added else pieces.get(i)
         skipped = token is None or (i in added and added[i].get("special") and skip_special_tokens)
         data, is_byte = (b"", False) if skipped else _token(token, steps, chars)
         table.append(data)
         flags.append(is_byte)
-    return DecodeTable(table, flags, "strip" in steps)
+        first.append(b"" if skipped else _wordpiece_first(token, steps))
+    return DecodeTable(table, flags, "strip" in steps, first if "wordpiece" in steps else None)
 
 
 def _decoder_steps(decoder: dict | None) -> set[str]:
@@ -86,6 +88,8 @@ def _decoder_steps(decoder: dict | None) -> set[str]:
             continue
         elif kind == "Strip" and part.get("content") == " " and part.get("start") == 1 and not part.get("stop"):
             steps.add("strip")
+        elif kind == "WordPiece" and part.get("prefix") == "##":
+            steps.update({"wordpiece", "cleanup"} if part.get("cleanup", True) else {"wordpiece"})
         else:
             raise TokenizerError(f"tokenizer.json {where}: {kind!r} {part} is not supported for decoding")
     return steps
@@ -99,7 +103,22 @@ def _byte_level(token: str, chars: dict[str, int]) -> bytes:
     return token.encode()
 
 
+def _wordpiece_cleanup(text: str, steps: set[str]) -> str:
+    # tokenizers' WordPiece decoder cleans each token (its leading space included) on its own
+    if "cleanup" in steps:
+        for old, new in (*CLEAN_UP, (" do not", " don't")):
+            text = text.replace(old, new)
+    return text
+
+
+def _wordpiece_first(token: str, steps: set[str]) -> bytes:
+    """A row's first token: as it is (no space before it, its ## kept), cleaned."""
+    return _wordpiece_cleanup(token, steps).encode() if "wordpiece" in steps else b""
+
+
 def _token(token: str, steps: set[str], chars: dict[str, int]) -> tuple[bytes, bool]:
+    if "wordpiece" in steps:  # "##ing" joins the token before it; any other token follows a space
+        return _wordpiece_cleanup(token[2:] if token.startswith("##") else " " + token, steps).encode(), False
     if "bytefallback" in steps and len(token) == 6 and token.startswith("<0x") and token.endswith(">"):
         return bytes([int(token[3:5], 16)]), True
     if "bytelevel" in steps:
@@ -145,19 +164,25 @@ def decode_into(b: GraphBuilder, ids: str, out: str, table: DecodeTable, clean_u
 
 def _row_bytes(b: GraphBuilder, ids: str, table: DecodeTable) -> tuple[str, str, str]:
     """(bytes [total] int32, from a byte token [total] bool, splits [batch + 1]) of each row's tokens."""
-    tokens = table.token_bytes
+    size = len(table.token_bytes)
+    # one extra entry: the empty token (ids outside the vocabulary); WordPiece's first-token table after it
+    tokens = [*table.token_bytes, b""] + ([*table.first_bytes, b""] if table.first_bytes is not None else [])
     width = max(1, max(len(t) for t in tokens))
-    padded = np.zeros((len(tokens) + 1, width), np.int32)  # one extra row: the empty token
-    lengths = np.zeros(len(tokens) + 1, np.int64)
+    padded = np.zeros((len(tokens), width), np.int32)
+    lengths = np.zeros(len(tokens), np.int64)
     for i, token in enumerate(tokens):
         padded[i, :len(token)] = list(token)
         lengths[i] = len(token)
     known = b.op("And", [b.op("GreaterOrEqual", [ids, b.const("decode/zero", 0)], "decode/ge0"),
-                         b.op("Less", [ids, b.const("decode/size", len(tokens))], "decode/lt_size")], "decode/known")
-    safe = b.op("Where", [known, ids, b.const("decode/empty_id", len(tokens))], "decode/safe_ids")
+                         b.op("Less", [ids, b.const("decode/size", size)], "decode/lt_size")], "decode/known")
+    safe = b.op("Where", [known, ids, b.const("decode/empty_id", size)], "decode/safe_ids")
+    length_table = b.const("decode/length_table", lengths)
+    if table.first_bytes is not None:
+        safe = _first_token_ids(b, safe, length_table, size + 1)
     token_bytes_ = b.op("Gather", [b.const("decode/byte_table", padded), safe], "decode/token_bytes", axis=0)
-    token_lengths = b.op("Gather", [b.const("decode/length_table", lengths), safe], "decode/token_lengths", axis=0)
-    byte_token = b.op("Gather", [b.const("decode/byte_token_table", [*table.byte_token, False]), safe],
+    token_lengths = b.op("Gather", [length_table, safe], "decode/token_lengths", axis=0)
+    byte_token_table = [*table.byte_token, False] * (2 if table.first_bytes is not None else 1)
+    byte_token = b.op("Gather", [b.const("decode/byte_token_table", byte_token_table), safe],
                       "decode/byte_token", axis=0)
     cols = b.const("decode/cols", np.arange(width, dtype=np.int64))
     valid = b.op("Less", [cols, b.op("Unsqueeze", [token_lengths, b.const("decode/axis2", [2])], "decode/len3")],
@@ -173,6 +198,18 @@ def _row_bytes(b: GraphBuilder, ids: str, table: DecodeTable) -> tuple[str, str,
     per_row = b.op("ReduceSum", [token_lengths, b.const("decode/axis1", [1])], "decode/row_bytes", keepdims=0)
     ends = b.op("CumSum", [per_row, b.const("decode/axis0", 0)], "decode/ends")
     return values, from_byte_token, b.op("Concat", [b.const("decode/start0", [0]), ends], "decode/splits", axis=0)
+
+
+def _first_token_ids(b: GraphBuilder, safe: str, lengths: str, offset: int) -> str:
+    """Ids moved to the first-token table where the token is its row's first that decodes to anything."""
+    nonempty = b.op("Cast", [b.op("Greater", [b.op("Gather", [lengths, safe], "decode/rest_lengths", axis=0),
+                                              b.const("decode/no_bytes", 0)], "decode/nonempty")],
+                    "decode/nonempty_i", to=TensorProto.INT64)
+    seen = b.op("CumSum", [nonempty, b.const("decode/axis1c", 1)], "decode/seen")
+    first = b.op("And", [b.op("Cast", [nonempty], "decode/nonempty_b", to=TensorProto.BOOL),
+                         b.op("Equal", [seen, b.const("decode/one_seen", 1)], "decode/seen_one")], "decode/first")
+    return b.op("Where", [first, b.op("Add", [safe, b.const("decode/first_offset", offset)], "decode/first_ids"),
+                          safe], "decode/table_ids")
 
 
 def _repaired_pieces(b: GraphBuilder, x: str, from_byte_token: str, splits: str, strip_leading_space: bool) -> str:
