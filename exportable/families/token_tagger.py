@@ -30,6 +30,7 @@ from exportable import samples
 from exportable.blocks.crf import CRF, CRF_FILE, PAD_TAG, CRFTagger
 from exportable.crf_reference import decode_batch
 from exportable.errors import InputError
+from exportable.graph import guard_empty_batch
 from exportable.recipe import EXACT, Case, Option, TensorSpec, Tolerance
 
 from .text import INPUTS, TextFamily, model_option
@@ -114,6 +115,12 @@ class TokenTaggerFamily(TextFamily):
             warnings.filterwarnings("ignore", message=r".*(deprecated|TorchScript|torch\.jit).*")
             module = CRFTagger(self.classifier, torch.jit.script(self.crf)).eval()
             return torch.jit.trace(module, args, check_trace=False, strict=False)
+
+    def onnx_around(self, model, opset: int):
+        """The captured tagger with an empty-batch guard: its Reshapes fail on 0 rows (found by
+        fuzzing, issue 27), so a batch of 0 runs as one padding row and answers [0, S] tags."""
+        guard_empty_batch(model)
+        return model
 
     # --- specs ---------------------------------------------------------------------------------
     def _ids(self, case: Case) -> dict[str, np.ndarray]:
