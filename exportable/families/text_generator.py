@@ -210,7 +210,7 @@ class CausalLMFamily(TextFamily):
 
     def preprocessing(self) -> dict:
         return {**self.text_preprocessing(), "padding": "longest, left", "truncation": "left",
-                "generation": {k: v for k, v in self.generate_kwargs().items()}}
+                "generation": self.generate_kwargs()}
 
     def default_state(self):
         return self.lm.state_dict()

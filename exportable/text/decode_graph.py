@@ -244,7 +244,9 @@ def _repaired_pieces(b: GraphBuilder, x: str, from_byte_token: str, splits: str,
     need, second_ok = _lead_rules(b, x, x1, between, p)
     cont2, cont3 = between(x2, 0x80, 0xBF, "c2"), between(x3, 0x80, 0xBF, "c3")
     # k: how many bytes from here still fit the sequence this lead starts (1..need)
-    as_int = lambda v, name: b.op("Cast", [v], f"{p}/{name}_i", to=TensorProto.INT64)  # noqa: E731
+    def as_int(v: str, name: str) -> str:
+        return b.op("Cast", [v], f"{p}/{name}_i", to=TensorProto.INT64)
+
     got2 = b.op("And", [second_ok, b.op("Greater", [need, b.const(f"{p}/one_n", 1)], f"{p}/need2")], f"{p}/got2")
     got3 = b.op("And", [got2, b.op("And", [cont2, b.op("Greater", [need, b.const(f"{p}/two_n", 2)], f"{p}/need3")],
                                    f"{p}/c2n")], f"{p}/got3")
