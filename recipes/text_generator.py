@@ -40,7 +40,7 @@ class TextGenerator(CausalLMFamily):
     def example_case(self) -> Case:
         return Case("example", ["Once upon a time", "The model"])
 
-    def validation_cases(self) -> list[Case]:
+    def prompt_cases(self) -> list[Case]:
         """Batch 1 and mixed lengths, many scripts, an empty prompt beside others, a prompt past the
         local window, one longer than the context (its end is kept)."""
         many = ["Hello", "Bonjour, ça va? Très bien.", "日本語のテキスト", "Привет мир", "مرحبا بالعالم", "👍🏽 emoji ✨",

@@ -32,3 +32,31 @@ class CausalLMStep(nn.Module):
         keys = torch.stack([layers[i].keys for i in range(self.layers)])
         values = torch.stack([layers[i].values for i in range(self.layers)])
         return out.logits[:, -1, :], keys, values
+
+
+class CausalLMWithPast(nn.Module):
+    """The decoder-with-past shape that Optimum's ORTModelForCausalLM and onnxruntime-genai users
+    expect: one cache tensor per layer and kind, logits of every new position.
+
+        forward(input_ids [B, T], attention_mask [B, past + T], position_ids [B, T],
+                past_key_values.0.key, past_key_values.0.value, ... [B, heads, past, head_dim])
+          -> logits [B, T, vocab], present.0.key, present.0.value, ... [B, heads, past + T, head_dim]
+
+    The cache arrives as varargs (exporters.onnx nests their dynamic dims as one tuple, which is
+    how torch.export matches a *args parameter)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.layers = int(model.config.num_hidden_layers)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                *past: torch.Tensor):
+        cache = DynamicCache(ddp_cache_data=[(past[2 * i], past[2 * i + 1]) for i in range(self.layers)],
+                             config=self.model.config)
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         past_key_values=cache, use_cache=True)
+        present = []
+        for layer in out.past_key_values.layers[:self.layers]:
+            present += [layer.keys, layer.values]
+        return (out.logits, *present)

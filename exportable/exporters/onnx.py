@@ -16,6 +16,7 @@ Strategy, chosen deliberately (measured on all-MiniLM-L6-v2, torch 2.14.1):
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import warnings
 from collections.abc import Mapping, Sequence
@@ -41,10 +42,20 @@ def _tensors(example: Mapping[str, np.ndarray], inputs: Sequence[TensorSpec]):
     return tuple(torch.from_numpy(np.ascontiguousarray(example[s.name])) for s in inputs)
 
 
+def _dynamic_shapes(module, inputs: Sequence[TensorSpec]) -> tuple:
+    """Each input's named dims as torch.export.Dim.DYNAMIC, one entry per forward parameter: the
+    inputs a `*args` parameter takes are nested as one tuple (torch.export matches the signature;
+    a flat tuple failed: "Detected mismatch between the structure of `inputs` and `dynamic_shapes`")."""
+    dims = [{i: torch.export.Dim.DYNAMIC for i, d in enumerate(spec.shape) if isinstance(d, str)} for spec in inputs]
+    params = list(inspect.signature(module.forward).parameters.values())
+    if not any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        return tuple(dims)
+    fixed = sum(p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD) for p in params)
+    return (*dims[:fixed], tuple(dims[fixed:]))
+
+
 def _dynamo(module, args, inputs, outputs, opset):
-    dynamic = tuple(
-        {i: torch.export.Dim.DYNAMIC for i, d in enumerate(spec.shape) if isinstance(d, str)} for spec in inputs
-    )
+    dynamic = _dynamic_shapes(module, inputs)
     # The dynamo exporter prints progress lines on stdout; they are not ours to show.
     with contextlib.redirect_stdout(io.StringIO()):
         program = torch.onnx.export(

@@ -17,18 +17,22 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM
 
-from exportable.blocks.causal_lm import CausalLMStep
+from exportable.blocks.causal_lm import CausalLMStep, CausalLMWithPast
 from exportable.decoding import GreedySettings, greedy_loop, start_empty_prompts
 from exportable.errors import InputError
-from exportable.recipe import EXACT, Case, Option, TensorSpec
+from exportable.recipe import EXACT, Case, Option, TensorSpec, checked_feed
 from exportable.text.decode_graph import build_decode_graph
 from exportable.text.encode_graph import build_text_graph
 from exportable.text.plan import plan_from_hf
 from exportable.textinput import TEXT
 
-from .text import INPUTS, TextFamily, model_option
+from . import decoder_with_past as with_past
+from .text import TextFamily, model_option
 
 DECODERS = ("gpt2", "gpt_neo")
+INPUTS = Option("inputs", "text: prompt strings in, text out; ids: prompt ids in, generated ids out; past: the "
+                "decoder alone, one step with past_key_values.* in and present.* out (Optimum's shape)",
+                default="text", choices=("text", "ids", "past"))
 EXAMPLE_PAST, EXAMPLE_NEW = 3, 4  # the step is captured at past 3, 4 new tokens: other shapes are proven
 
 
@@ -41,7 +45,8 @@ def generator_options(default: str) -> tuple[Option, ...]:
 
 
 class CausalLMFamily(TextFamily):
-    original_pipeline = "transformers AutoModelForCausalLM.generate (greedy) + batch_decode"
+    original_pipeline = ("transformers AutoModelForCausalLM.generate (greedy) + batch_decode; --inputs past: the "
+                         "model's forward with a DynamicCache past")
     formats = ("onnx",)
     generates_text = True
 
@@ -107,6 +112,35 @@ class CausalLMFamily(TextFamily):
                 "min_new_tokens": self.settings["min_new_tokens"], "pad_token_id": self.eos_id,
                 "repetition_penalty": self.settings["repetition_penalty"]}
 
+    @property
+    def past_mode(self) -> bool:
+        """--inputs past: the decoder step alone (decoder_with_past), no loop, no tokenizer."""
+        return self.settings.get("inputs") == "past"
+
+    # --- the cases -----------------------------------------------------------------------------
+    def prompt_cases(self) -> list[Case]:
+        """Batches of prompts the artifact is proven on (a recipe declares them)."""
+        raise NotImplementedError(f"recipe {self.name!r} must define prompt_cases()")
+
+    def validation_cases(self) -> list[Case]:
+        """The recipe's prompt cases; with --inputs past each becomes one step on a real cache
+        (decoder_with_past.SPLITS in turn: prefill, one new token, three)."""
+        cases = self.prompt_cases()
+        if not self.past_mode:
+            return cases
+        steps = []
+        for i, case in enumerate(cases):
+            ids = self.tokenize(list(case.data))
+            input_ids, mask = start_empty_prompts(ids["input_ids"], ids["attention_mask"], self.eos_id, self.bos_id)
+            split = with_past.SPLITS[i % len(with_past.SPLITS)]
+            steps.append(with_past.step_case(self.lm, case.name, input_ids, mask, split, self.cache_shape()))
+        return steps
+
+    def feed(self, case: Case, fmt: str = "onnx") -> dict[str, np.ndarray]:
+        if self.past_mode:
+            return checked_feed(self.name, case, self.input_specs(fmt))
+        return super().feed(case, fmt)
+
     # --- the original --------------------------------------------------------------------------
     def tokenize(self, texts: list[str]) -> dict[str, np.ndarray]:
         if not texts:
@@ -115,6 +149,8 @@ class CausalLMFamily(TextFamily):
         return {"input_ids": enc["input_ids"].astype(np.int64), "attention_mask": enc["attention_mask"].astype(np.int64)}
 
     def build_original(self):
+        if self.past_mode:
+            return lambda case: with_past.run_step(self.lm, case.data, self.cache_shape()[0])
         model, kwargs = self.lm, self.generate_kwargs()
 
         def generate(case: Case) -> dict[str, np.ndarray]:
@@ -138,7 +174,7 @@ class CausalLMFamily(TextFamily):
 
     # --- the artifact --------------------------------------------------------------------------
     def build_wrapper(self, fmt: str = "onnx"):
-        return CausalLMStep(self.lm).eval()
+        return (CausalLMWithPast if self.past_mode else CausalLMStep)(self.lm).eval()
 
     def cache_shape(self) -> tuple[int, int, int]:
         config = self.lm.config
@@ -147,6 +183,8 @@ class CausalLMFamily(TextFamily):
 
     def model_input_specs(self, fmt: str = "onnx"):
         layers, heads, dim = self.cache_shape()
+        if self.past_mode:
+            return with_past.input_specs(layers, heads, dim)
         past = (layers, "batch", heads, "past", dim)  # fixed sizes: only batch and past are dynamic
         return (TensorSpec("input_ids", "int64", ("batch", "new"), "the new tokens"),
                 TensorSpec("attention_mask", "int64", ("batch", "total"), "past + new"),
@@ -156,6 +194,8 @@ class CausalLMFamily(TextFamily):
 
     def model_output_specs(self, fmt: str = "onnx"):
         layers, heads, dim = self.cache_shape()
+        if self.past_mode:
+            return with_past.output_specs(layers, heads, dim, int(self.lm.config.vocab_size))
         cache = (layers, "batch", heads, "total", dim)
         return (TensorSpec("logits", "float32", ("batch", "vocab"), "the last position's logits"),
                 TensorSpec("present_keys", "float32", cache, "past + new"),
@@ -166,6 +206,12 @@ class CausalLMFamily(TextFamily):
         rng = np.random.default_rng(0)
         batch, total = 2, EXAMPLE_PAST + EXAMPLE_NEW
         cache = (layers, batch, heads, EXAMPLE_PAST, dim)
+        if self.past_mode:  # one array per layer and kind, [batch, heads, past, dim]
+            per_layer = {n: rng.standard_normal(cache[1:], dtype=np.float32)
+                         for n in with_past.cache_names(layers, "past_key_values")}
+            ids = rng.integers(0, len(self.tokenizer), (batch, EXAMPLE_NEW)).astype(np.int64)
+            return {"input_ids": ids, "attention_mask": np.ones((batch, total), np.int64),
+                    "position_ids": np.tile(np.arange(EXAMPLE_PAST, total, dtype=np.int64), (batch, 1)), **per_layer}
         return {"input_ids": rng.integers(0, len(self.tokenizer), (batch, EXAMPLE_NEW)).astype(np.int64),
                 "attention_mask": np.ones((batch, total), np.int64),
                 "position_ids": np.tile(np.arange(EXAMPLE_PAST, total, dtype=np.int64), (batch, 1)),
@@ -173,6 +219,8 @@ class CausalLMFamily(TextFamily):
                 "past_values": rng.standard_normal(cache, dtype=np.float32)}
 
     def onnx_around(self, model, opset: int):
+        if self.past_mode:
+            return model
         layers, heads, dim = self.cache_shape()
         return greedy_loop(model, GreedySettings(
             max_new_tokens=self.settings["max_new_tokens"], eos_id=self.eos_id, pad_id=self.eos_id, layers=layers,
@@ -195,10 +243,14 @@ class CausalLMFamily(TextFamily):
     def input_specs(self, fmt: str = "onnx"):
         if self.text_mode:
             return (TEXT,)
+        if self.past_mode:
+            return self.model_input_specs(fmt)
         return (TensorSpec("input_ids", "int64", ("batch", "prompt"), "prompt ids, left-padded"),
                 TensorSpec("attention_mask", "int64", ("batch", "prompt"), "1 for prompt tokens, 0 for padding"))
 
     def output_specs(self):
+        if self.past_mode:
+            return self.model_output_specs()
         ids = TensorSpec("generated_ids", "int64", ("batch", "steps"),
                          "new tokens; rows that ended emit the EOS id as padding")
         if not self.text_mode:
@@ -206,9 +258,14 @@ class CausalLMFamily(TextFamily):
         return (ids, TensorSpec("generated_text", "string", ("batch",), "batch_decode(ids, skip_special_tokens)"))
 
     def tolerances(self):
+        if self.past_mode:
+            return with_past.tolerances(self.cache_shape()[0])
         return {"generated_ids": EXACT, "generated_text": EXACT}
 
     def preprocessing(self) -> dict:
+        if self.past_mode:
+            return {"inputs": "past", "position_ids": "cumsum(attention_mask) - 1, 1 on padding",
+                    "cache": "past_key_values.{i}.key/value [batch, heads, past, head_dim]"}
         return {**self.text_preprocessing(), "padding": "longest, left", "truncation": "left",
                 "generation": self.generate_kwargs()}
 
