@@ -222,13 +222,9 @@ def _beam_search(b: GraphBuilder, step, s: DecodingSettings, batch: str, has_row
     lengths, and per row whether a running beam may still beat the finished ones."""
     p, k, n = "beam", s.num_beams, s.max_new_tokens
     rows = b.op("Mul", [batch, b.const(f"{p}/k", [k])], f"{p}/rows")
-    width = b.op("Shape", [ids], f"{p}/width", start=1, end=2)
-    flat_shape = b.op("Concat", [rows, width], f"{p}/flat_shape", axis=0)
-    # repeat_interleave(K) over rows: row r becomes rows r*K .. r*K + K-1
-    ids, mask = (b.op("Reshape", [b.op("Expand", [b.op("Unsqueeze", [t, b.const(f"{p}/axis1_{i}", [1])],
-                                                        f"{p}/unsqueezed_{i}"), b.const(f"{p}/beams_{i}", [1, k, 1])],
-                                       f"{p}/expanded_{i}"), flat_shape], f"{p}/{name}")
-                 for i, (t, name) in enumerate(((ids, "prompt_ids"), (mask, "prompt_mask"))))
+    flat_shape = b.op("Concat", [rows, b.op("Shape", [ids], f"{p}/width", start=1, end=2)], f"{p}/flat_shape", axis=0)
+    ids = _repeat_rows(b, f"{p}/prompt_ids", ids, k, flat_shape)
+    mask = _repeat_rows(b, f"{p}/prompt_mask", mask, k, flat_shape)
     beams = b.op("Concat", [batch, b.const(f"{p}/k_shape", [k])], f"{p}/beam_shape", axis=0)
     tokens_shape = b.op("Concat", [beams, b.const(f"{p}/n_shape", [n])], f"{p}/tokens_shape", axis=0)
     filled = b.op("ConstantOfShape", [tokens_shape], f"{p}/filled",
@@ -254,6 +250,13 @@ def _beam_search(b: GraphBuilder, step, s: DecodingSettings, batch: str, has_row
     longest = b.op("ReduceMax", [b.op("Concat", [best_lengths, b.const(f"{p}/no_rows", [0])], f"{p}/lengths_or_0",
                                       axis=0)], f"{p}/longest", keepdims=1)
     b.op("Slice", [best, b.const(f"{p}/start", [0]), longest, b.const(f"{p}/axis1", [1])], "generated_ids")
+
+
+def _repeat_rows(b: GraphBuilder, name: str, tensor: str, k: int, flat_shape: str) -> str:
+    """repeat_interleave(k) over rows, as generate expands its inputs: row r becomes rows r*k .. r*k + k-1."""
+    column = b.op("Unsqueeze", [tensor, b.const(f"{name}/axis1", [1])], f"{name}/unsqueezed")
+    return b.op("Reshape", [b.op("Expand", [column, b.const(f"{name}/beams", [1, k, 1])], f"{name}/expanded"),
+                            flat_shape], name)
 
 
 def _beam_body(b: GraphBuilder, step: onnx.ModelProto, s: DecodingSettings, prompt_ids: str) -> onnx.GraphProto:
