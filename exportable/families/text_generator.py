@@ -5,8 +5,8 @@ Original: the tokenizer (left padding, truncated to the context minus max_new_to
 `model.generate(**enc, do_sample=False, num_beams=K, max_new_tokens=N, pad_token_id=eos, ...)
 [:, prompt_len:]` and `tokenizer.batch_decode(..., skip_special_tokens=True)`.
 Artifact: the tokenizer graph (exportable.text), a greedy or beam-search Loop around one captured
-decoder step with the KV cache carried (exportable.decoding), the detokenizer graph. `--inputs ids` keeps the
-ids-in, ids-out core (input_ids + attention_mask, left-padded).
+decoder step with the KV cache carried (exportable.decoding), the detokenizer graph. `--inputs ids`
+keeps the ids-in, ids-out core (input_ids + attention_mask, left-padded).
 """
 
 from __future__ import annotations
