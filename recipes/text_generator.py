@@ -1,5 +1,5 @@
 """text_generator: a causal LM (GPT-Neo, GPT-2) as one file: prompt strings in, generated ids and
-text out, token for token what `model.generate` (greedy) and `batch_decode` return.
+text out, token for token what `model.generate` (greedy or beam search) and `batch_decode` return.
 
 Everything but these declarations is exportable.families.text_generator.CausalLMFamily. Default
 (no --model): a seeded tiny GPT-Neo (a global and a local-attention layer, window 16) with the

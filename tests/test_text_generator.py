@@ -107,7 +107,7 @@ def test_ids_in_ids_out_with_repetition_penalty(early_eos, tmp_path):
 
 
 def test_bad_options_are_one_line_errors(tmp_path):
-    for args, message in ((["--num-beams", "2"], "beam search is not built into the graph yet"),
+    for args, message in ((["--no-repeat-ngram-size", "-1"], "--no-repeat-ngram-size must be >= 0"),
                           (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
                           (["--min-new-tokens", "5", "--max-new-tokens", "2"], "--min-new-tokens exceeds")):
         done = run_cli("recipe", "text_generator", *args, "--out", tmp_path / "x")

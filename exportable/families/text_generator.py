@@ -2,11 +2,11 @@
 strings and returns the generated ids and text, token for token what `generate` returns.
 
 Original: the tokenizer (left padding, truncated to the context minus max_new_tokens) then
-`model.generate(**enc, do_sample=False, num_beams=1, max_new_tokens=N, pad_token_id=eos, ...)
+`model.generate(**enc, do_sample=False, num_beams=K, max_new_tokens=N, pad_token_id=eos, ...)
 [:, prompt_len:]` and `tokenizer.batch_decode(..., skip_special_tokens=True)`.
-Artifact: the tokenizer graph (exportable.text), a greedy Loop around one captured decoder step
-with the KV cache carried (exportable.decoding), the detokenizer graph. `--inputs ids` keeps the
-ids-in, ids-out core (input_ids + attention_mask, left-padded).
+Artifact: the tokenizer graph (exportable.text), a greedy or beam-search Loop around one captured
+decoder step with the KV cache carried (exportable.decoding), the detokenizer graph. `--inputs ids`
+keeps the ids-in, ids-out core (input_ids + attention_mask, left-padded).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from exportable.blocks.causal_lm import CausalLMStep, CausalLMWithPast
-from exportable.decoding import GreedySettings, greedy_loop, start_empty_prompts
+from exportable.decoding import DecodingSettings, decoding_loop, start_empty_prompts
 from exportable.errors import InputError
 from exportable.recipe import EXACT, Case, Option, TensorSpec, checked_feed
 from exportable.text.decode_graph import build_decode_graph
@@ -41,22 +41,21 @@ def generator_options(default: str) -> tuple[Option, ...]:
             Option("max_new_tokens", "tokens generated at most (baked into the graph)", default=16, type=int),
             Option("min_new_tokens", "EOS is not chosen before this many new tokens", default=0, type=int),
             Option("repetition_penalty", "transformers' repetition penalty (1.0: none)", default=1.0, type=float),
-            Option("num_beams", "beam search width; 1 (greedy) is what the graph builds", default=1, type=int))
+            Option("num_beams", "beam search width (1: greedy)", default=1, type=int),
+            Option("no_repeat_ngram_size", "an n-gram of this size occurs once at most, the prompt included (0: off)",
+                   default=0, type=int))
 
 
 class CausalLMFamily(TextFamily):
-    original_pipeline = ("transformers AutoModelForCausalLM.generate (greedy) + batch_decode; --inputs past: the "
-                         "model's forward with a DynamicCache past")
+    original_pipeline = ("transformers AutoModelForCausalLM.generate (greedy or beam search) + batch_decode; "
+                         "--inputs past: the model's forward with a DynamicCache past")
     formats = ("onnx",)
     generates_text = True
 
     def validate_settings(self) -> None:
-        for name, low in (("max_new_tokens", 1), ("min_new_tokens", 0), ("num_beams", 1)):
+        for name, low in (("max_new_tokens", 1), ("min_new_tokens", 0), ("num_beams", 1), ("no_repeat_ngram_size", 0)):
             if self.settings[name] < low:
                 raise InputError(f"recipe {self.name!r}: --{name.replace('_', '-')} must be >= {low}")
-        if self.settings["num_beams"] != 1:
-            raise InputError(f"recipe {self.name!r}: --num-beams {self.settings['num_beams']}: beam search is not "
-                             "built into the graph yet; use --num-beams 1 (greedy)")
         if self.settings["min_new_tokens"] > self.settings["max_new_tokens"]:
             raise InputError(f"recipe {self.name!r}: --min-new-tokens exceeds --max-new-tokens")
         if self.settings["repetition_penalty"] <= 0:
@@ -99,6 +98,9 @@ class CausalLMFamily(TextFamily):
     @property
     def eos_id(self) -> int:
         eos = self.lm.generation_config.eos_token_id
+        if isinstance(eos, list) and len(eos) > 1:  # generate stops at any of them; the graph knows one
+            raise InputError(f"--model {self.model_dir}: generation_config has several EOS ids {eos}; only one "
+                             "is built into the graph: save the checkpoint with a single eos_token_id")
         eos = eos[0] if isinstance(eos, list) else eos
         return int(eos if eos is not None else self.tokenizer.eos_token_id)
 
@@ -107,10 +109,20 @@ class CausalLMFamily(TextFamily):
         bos = self.lm.generation_config.bos_token_id
         return int(bos if bos is not None else self.eos_id)
 
+    @property
+    def beam_kwargs(self) -> dict:
+        """Beam search's settings that the checkpoint's generation_config decides (unset there, generate
+        uses 1.0 and False)."""
+        penalty, stopping = self.lm.generation_config.length_penalty, self.lm.generation_config.early_stopping
+        return {"length_penalty": 1.0 if penalty is None else float(penalty),
+                "early_stopping": False if stopping is None else stopping}
+
     def generate_kwargs(self) -> dict:
-        return {"do_sample": False, "num_beams": 1, "max_new_tokens": self.settings["max_new_tokens"],
-                "min_new_tokens": self.settings["min_new_tokens"], "pad_token_id": self.eos_id,
-                "repetition_penalty": self.settings["repetition_penalty"]}
+        kwargs = {"do_sample": False, "num_beams": self.settings["num_beams"],
+                  "max_new_tokens": self.settings["max_new_tokens"], "min_new_tokens": self.settings["min_new_tokens"],
+                  "pad_token_id": self.eos_id, "repetition_penalty": self.settings["repetition_penalty"],
+                  "no_repeat_ngram_size": self.settings["no_repeat_ngram_size"]}
+        return {**kwargs, **self.beam_kwargs} if self.settings["num_beams"] > 1 else kwargs
 
     @property
     def past_mode(self) -> bool:
@@ -222,10 +234,13 @@ class CausalLMFamily(TextFamily):
         if self.past_mode:
             return model
         layers, heads, dim = self.cache_shape()
-        return greedy_loop(model, GreedySettings(
+        beams = self.beam_kwargs if self.settings["num_beams"] > 1 else {}
+        return decoding_loop(model, DecodingSettings(
             max_new_tokens=self.settings["max_new_tokens"], eos_id=self.eos_id, pad_id=self.eos_id, layers=layers,
             heads=heads, head_dim=dim, min_new_tokens=self.settings["min_new_tokens"],
-            repetition_penalty=self.settings["repetition_penalty"], bos_id=self.bos_id))
+            repetition_penalty=self.settings["repetition_penalty"],
+            no_repeat_ngram_size=self.settings["no_repeat_ngram_size"], bos_id=self.bos_id,
+            num_beams=self.settings["num_beams"], **beams))
 
     def tokenizer_plan(self):
         return plan_from_hf(self.tokenizer, max_length=self.max_length, source=str(self.tokenizer_dir))
