@@ -10,6 +10,7 @@ import json
 import numpy as np
 import onnx
 import pytest
+from test_text_generator import generate
 
 from exportable import api, registry
 from exportable.accelerate import variants
@@ -18,7 +19,6 @@ from exportable.errors import ParityError
 from exportable.parity import judge_outputs, judge_overall
 from exportable.recipe import TOKENS, decoded_tokens
 from exportable.runtime import load
-from test_text_generator import generate
 
 NEW_TOKENS = 8
 
