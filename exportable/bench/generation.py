@@ -3,8 +3,9 @@
 pipeline (the HF tokenizer, `model.generate` greedy, `batch_decode`), at batch 1 and 8, in one
 process on the same prompts. Outputs are compared first: a mismatch is `failed` and not timed.
 The quantized variants (onnx-int8, onnx-int4) are timed beside the artifact, each with the
-fraction of prompts whose ids are token-identical to generate's (their own gate aside: a variant
-that fails it is still measured, and marked).
+fraction of prompts whose ids are token-identical to generate's, and whose first token agrees
+(their gate belongs to the export's validation prompts: a handful of bench prompts is no sample
+for it).
 
 Tokens/s counts the new positions each call returns (batch x steps), the same for both.
 """
@@ -51,7 +52,7 @@ def bench_generation(recipe, out: Path, batches: Sequence[int] = (1, 8), seconds
         if judged.passed:
             row.update(_paired(lambda case=case: original(case), lambda feed=feed: runner.run(feed),
                                batch * row["steps"], seconds / len(batches)))
-            row["variants"] = {name: _variant(recipe, name, q, runner, feed, want, seconds / len(batches) / 2)
+            row["variants"] = {name: _quantized(recipe, name, q, runner, feed, want, seconds / len(batches) / 2)
                                for name, q in quantized.items()}
         rows.append(row)
         progress(f"bench: batch {batch}: {row}")
@@ -72,17 +73,15 @@ def _paired(original: Callable, artifact: Callable, tokens: int, seconds: float)
                                                                                 round(max(ratios), 2)]}
 
 
-def _variant(recipe, name: str, session, artifact, feed: dict, want: dict, seconds: float) -> dict:
-    """A quantized variant on the same feed: its prompts token-identical to generate's, whether
-    it passes its own gate, and its tokens/s timed in rounds paired with the fp32 artifact's."""
+def _quantized(recipe, name: str, session, artifact, feed: dict, want: dict, seconds: float) -> dict:
+    """A quantized variant on the same feed: its prompts token-identical to generate's (and first
+    tokens agreeing), and its tokens/s timed in rounds paired with the fp32 artifact's."""
     got = session.run(feed)
     tolerances = accelerate.BY_NAME[name].tolerances(recipe.output_tolerances())
-    judged = parity.judge_overall([parity.judge_outputs(name, got, want, tolerances)], tolerances)[0]
-    ids = next(m for m in judged.metrics if m.output == "generated_ids")
+    ids = next(m for m in parity.judge_outputs(name, got, want, tolerances).metrics if m.output == "generated_ids")
     tokens = int(got["generated_ids"].size)
     art_s, var_s = paired_rounds(lambda: artifact.run(feed), lambda: session.run(feed), seconds, ROUNDS)
-    return {"status": "ok" if judged.passed else "below its gate", "identical_rows": ids.identical_rows,
-            "rows": ids.rows, "first_tokens": ids.first_tokens,
+    return {"identical_rows": ids.identical_rows, "rows": ids.rows, "first_tokens": ids.first_tokens,
             "tokens_per_s": round(tokens / statistics.median(var_s), 1),
             "x_artifact": round(statistics.median([a / v for a, v in zip(art_s, var_s)]), 2)}
 
@@ -101,10 +100,8 @@ def format_generation_table(data: dict) -> str:
                 f"{r['artifact_tokens_per_s']:>12.1f}{r['speedup']:>12.2f}")
         for name in names:
             v = r.get("variants", {}).get(name)
-            same = "-" if v is None else f"{v['identical_rows']}/{v['rows']}" + ("" if v["status"] == "ok" else "!")
+            same = "-" if v is None else f"{v['identical_rows']}/{v['rows']}"
             line += f"{'-' if v is None else format(v['tokens_per_s'], '.1f'):>10}{same:>11}"
         lines.append(line)
-    if any(v["status"] != "ok" for r in data["rows"] for v in r.get("variants", {}).values()):
-        lines.append("! below the variant's gate on these prompts (first tokens agreeing with generate)")
     return "\n".join(lines)
 
