@@ -99,7 +99,7 @@ def export_recipe(recipe: str | type | Recipe, out: str | Path | None = None, fo
     check_opset(opset)
     instance = resolve_recipe(recipe, options)
     fmts = parse_formats(formats, instance)
-    chosen = stages.check_variants(names, fmts)
+    chosen = stages.check_variants(names, fmts, instance)
     out = Path(out) if out is not None else Path("artifacts") / instance.name
     export = stages.Export(instance, fmts, opset, stages.prepare_out(out), progress, threads, variants=chosen)
     try:
@@ -203,11 +203,11 @@ def verify_artifact(folder: str | Path, formats=None, check_hash: bool = True) -
         feed_as = "onnx" if variant else fmt
         providers = accelerate.BY_NAME[fmt].providers if fmt in accelerate.BY_NAME else None
         runner = runtime.load(folder / files[fmt], providers=providers)
-        results[fmt] = [
+        results[fmt] = parity.judge_overall([
             parity.not_applicable(c.name, c.known_failures[feed_as]) if feed_as in c.known_failures else
             parity.judge_outputs(c.name, runner.run(c.inputs_for(feed_as)), c.expected, tolerances)
             for c in vecs.cases
-        ]
+        ], tolerances)
     for fmt, res in results.items():
         parity.check(res, f"{folder} {fmt} vectors")
     return results

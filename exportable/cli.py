@@ -181,8 +181,21 @@ def cmd_recipe(args, extra: list[str]) -> int:
     for fmt, results in result.report.parity.items():
         print(format_table(results, f"{fmt} artifact vs {result.report.original}:"))
     verdict = "PASSED" if result.passed else "FAILED (kept because of --allow-mismatch)"
-    print(f"parity {verdict}; wrote {result.out}/ ({', '.join(sorted(result.report.files))}, vectors/)")
+    identical = token_identical(result.report.parity)
+    print(f"parity {verdict}{identical}; wrote {result.out}/ ({', '.join(sorted(result.report.files))}, vectors/)")
     return 0 if result.passed else 1
+
+
+def token_identical(parity: dict) -> str:
+    """"; prompts token-identical: onnx 15/15, onnx-int8 14/15" for a recipe with token outputs."""
+    from .parity import summary_rows  # noqa: PLC0415  (api loads torch; --help stays instant)
+
+    counts = []
+    for name, results in parity.items():
+        row = next((r for r in summary_rows(results) if r.get("rows")), None)
+        if row is not None:
+            counts.append(f"{name} {row['identical_rows']}/{row['rows']}")
+    return f"; prompts token-identical: {', '.join(counts)}" if counts else ""
 
 
 def _int_list(text: str, flag: str) -> list[int]:

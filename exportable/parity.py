@@ -30,6 +30,11 @@ class Metrics:
     total: int = 0
     first_mismatch: tuple | None = None
     missing: bool = False
+    # token outputs (Tolerance.tokens): rows compared whole
+    rows: int | None = None
+    identical_rows: int | None = None
+    first_tokens: int | None = None  # rows whose first token agrees ([rows, steps] outputs)
+    differing_rows: list[int] | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -51,10 +56,37 @@ def row_cosines(actual: np.ndarray, expected: np.ndarray) -> np.ndarray:
     return np.where(both_zero, 1.0, cos)
 
 
+def _same(a, e) -> bool:
+    a, e = np.asarray(a), np.asarray(e)  # a row, or one element (a string) of a 1-D output
+    return a.shape == e.shape and bool(np.all(a == e))
+
+
+def count_token_rows(m: Metrics, actual: np.ndarray, expected: np.ndarray) -> None:
+    """Rows (axis 0) identical and, for [rows, steps, ...], rows whose first token agrees. Rows of
+    different lengths differ (a variant's loop may stop at another step); another row count
+    leaves every row differing."""
+    rows = int(expected.shape[0]) if expected.ndim else 1
+    m.rows = rows
+    if actual.ndim != expected.ndim or actual.shape[:1] != expected.shape[:1] or expected.ndim == 0:
+        m.identical_rows, m.differing_rows = 0, list(range(rows))
+        m.first_tokens = 0 if expected.ndim >= 2 else None
+        return
+    m.differing_rows = [i for i in range(rows) if not _same(actual[i], expected[i])]
+    m.identical_rows = rows - len(m.differing_rows)
+    if expected.ndim >= 2:
+        both = actual.shape[1] > 0 and expected.shape[1] > 0
+        m.first_tokens = sum(_same(actual[i, 0], expected[i, 0]) for i in range(rows)) if both else \
+            rows * (actual.shape[1] == expected.shape[1])
+
+
 def compare_tensor(name: str, actual, expected, tol: Tolerance) -> Metrics:
     actual, expected = np.asarray(actual), np.asarray(expected)
     m = Metrics(name, tuple(actual.shape), tuple(expected.shape), str(actual.dtype), str(expected.dtype),
                 total=int(expected.size))
+    if tol.tokens:
+        count_token_rows(m, actual, expected)
+    if tol.agreement:  # judged by rows (judge, judge_overall), not element by element
+        return m
     if actual.shape != expected.shape:
         m.mismatched = m.total or 1
         return m
@@ -98,6 +130,9 @@ def failure_reason(m: Metrics, tol: Tolerance) -> str | None:
     """Why this measurement breaks the tolerance, or None when it passes."""
     if m.missing:
         return "output missing"
+    if tol.agreement:
+        return None if m.shape[:1] == m.expected_shape[:1] else \
+            f"{m.shape[0] if m.shape else 0} rows != expected {m.expected_shape[0] if m.expected_shape else 0}"
     if m.shape != m.expected_shape:
         return f"shape {list(m.shape)} != expected {list(m.expected_shape)}"
     if m.mismatched:
@@ -122,11 +157,42 @@ class CaseResult:
 
 def judge(case: str, metrics: list[Metrics], tolerances: Mapping[str, Tolerance]) -> CaseResult:
     result = CaseResult(case, metrics)
+    by_output = {m.output: m for m in metrics}
     for m in metrics:
-        reason = failure_reason(m, tolerances.get(m.output, Tolerance()))
+        tol = tolerances.get(m.output, Tolerance())
+        reason = failure_reason(m, tol) or (follows_reason(m, by_output.get(tol.follows)) if tol.follows and
+                                            tol.agreement else None)
         if reason:
             result.failures[m.output] = reason
     return result
+
+
+def follows_reason(m: Metrics, source: Metrics | None) -> str | None:
+    """Why an output decoded from `source` (text from ids) breaks it: a row that differs where
+    the source's row is identical."""
+    if source is None or source.differing_rows is None:
+        return f"the output it follows is missing or not compared by rows ({source.output if source else '-'})"
+    broken = sorted(set(m.differing_rows or ()) - set(source.differing_rows))
+    if broken:
+        return f"rows {broken[:8]} differ where {source.output} is identical"
+    return None
+
+
+def judge_overall(results: list[CaseResult], tolerances: Mapping[str, Tolerance]) -> list[CaseResult]:
+    """The gates on all cases together: a token-agreement output's first tokens must agree on at
+    least `min_first_tokens` of the rows of every case pooled (a fraction of prompts: one case of
+    one prompt is no fraction). Below it, every case with a disagreeing first token fails."""
+    for name, tol in tolerances.items():
+        if not tol.agreement or tol.min_first_tokens is None:
+            continue
+        metrics = [(r, m) for r in results for m in r.metrics if m.output == name and m.first_tokens is not None]
+        rows, first = sum(m.rows for _, m in metrics), sum(m.first_tokens for _, m in metrics)
+        if rows and first / rows < tol.min_first_tokens:
+            for r, m in metrics:
+                if m.first_tokens < m.rows:
+                    r.failures.setdefault(name, f"first tokens agree on {first}/{rows} rows over all cases "
+                                                f"({first / rows:.0%}) < {tol.min_first_tokens:.0%}")
+    return results
 
 
 def judge_outputs(case: str, actual: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarray],
@@ -160,7 +226,25 @@ def summary_rows(results: list[CaseResult]) -> list[dict]:
             row["mismatched"] += m.mismatched
             if m.min_cosine is not None:
                 row["min_cosine"] = m.min_cosine if row["min_cosine"] is None else min(row["min_cosine"], m.min_cosine)
+            for key in ("rows", "identical_rows", "first_tokens"):
+                if getattr(m, key) is not None:
+                    row[key] = row.get(key, 0) + getattr(m, key)
+    for row in rows.values():
+        if row.get("rows"):
+            row["identical_fraction"] = round(row["identical_rows"] / row["rows"], 4)
     return list(rows.values())
+
+
+def token_lines(results: list[CaseResult]) -> list[str]:
+    """One line per token output: rows identical (and first tokens agreeing) over all cases."""
+    lines = []
+    for row in summary_rows(results):
+        if "identical_rows" in row and row["rows"]:
+            first = f", first token agrees on {row['first_tokens']}/{row['rows']}" if "first_tokens" in row else ""
+            kind = "token-identical" if "first_tokens" in row else "identical"
+            lines.append(f"{row['output']}: {row['identical_rows']}/{row['rows']} rows {kind} "
+                         f"({row['identical_rows'] / row['rows']:.0%}){first}")
+    return lines
 
 
 def format_table(results: list[CaseResult], title: str = "") -> str:
@@ -171,6 +255,7 @@ def format_table(results: list[CaseResult], title: str = "") -> str:
         cos = "-" if row["min_cosine"] is None else f"{row['min_cosine']:.7f}"
         lines.append(f"{row['output']:<22} {row['cases']:>5} {row['failed']:>6} {row['max_abs']:>10.3g} "
                      f"{row['max_rel']:>10.3g} {cos:>10} {row['mismatched']:>8}")
+    lines += [f"  {line}" for line in token_lines(results)]
     for r in results:
         for out, why in r.failures.items():
             lines.append(f"  FAIL {r.case} / {out}: {why}")
@@ -213,4 +298,4 @@ def verify_cases(runner, recipe, fmt: str, cases, expected: Mapping, tolerances=
             results.append(runtime_failure(case.name, exc))
             continue
         results.append(judge_outputs(case.name, actual, expected[case.name], tol))
-    return results
+    return judge_overall(results, tol)

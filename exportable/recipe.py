@@ -46,16 +46,39 @@ class Tolerance:
 
     Defaults follow torch.testing for fp32 (rtol 1.3e-6, atol 1e-5). `exact` is for integers,
     booleans and strings. `min_cosine` is checked per row (last axis).
+
+    `tokens`: the rows (axis 0) are token sequences, e.g. generated ids and the text decoded from
+    them. Every comparison then also counts the rows that are identical and, for [rows, steps],
+    the rows whose first token agrees. Exact, that is a report; a lossy variant judges such an
+    output by *token agreement* instead (exact=False, see token_agreement): the first token is
+    the argmax of the prompt's logits on the same input, so the fraction of rows whose first
+    token agrees measures the variant's own per-step error, and must reach `min_first_tokens`
+    over all cases together; later tokens follow the variant's own earlier choices, so once one
+    differs the rest is another continuation, reported (identical rows) but not gated. An output
+    that `follows` another (text decoded from ids) must be identical on every row where that
+    output's row is.
     """
 
     atol: float = 1e-5
     rtol: float = 1.3e-6
     min_cosine: float | None = None
     exact: bool = False
+    tokens: bool = False
+    min_first_tokens: float | None = None
+    follows: str = ""
+
+    @property
+    def agreement(self) -> bool:
+        """Judged by token agreement (a lossy variant's ids and text), not element by element."""
+        return self.tokens and not self.exact
 
     def as_dict(self) -> dict:
+        tokens = {k: v for k, v in (("tokens", self.tokens), ("min_first_tokens", self.min_first_tokens),
+                                    ("follows", self.follows)) if v}
         if self.exact:
-            return {"exact": True}
+            return {"exact": True, **tokens}
+        if self.agreement:
+            return {"exact": False, **tokens}
         d = {"exact": False, "atol": self.atol, "rtol": self.rtol}
         if self.min_cosine is not None:
             d["min_cosine"] = self.min_cosine
@@ -63,12 +86,29 @@ class Tolerance:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> Tolerance:
+        tokens = {"tokens": bool(d.get("tokens")), "min_first_tokens": d.get("min_first_tokens"),
+                  "follows": d.get("follows", "")}
         if d.get("exact"):
-            return cls(exact=True)
+            return cls(exact=True, **tokens)
+        if tokens["tokens"]:
+            return cls(**tokens)
         return cls(atol=float(d["atol"]), rtol=float(d["rtol"]), min_cosine=d.get("min_cosine"))
+
+    def token_agreement(self, min_first_tokens: float) -> Tolerance:
+        """This token output as a lossy variant judges it: agreement, first tokens gated at
+        `min_first_tokens` (an output that follows another is gated through that one)."""
+        return Tolerance(tokens=True, follows=self.follows,
+                         min_first_tokens=None if self.follows else min_first_tokens)
 
 
 EXACT = Tolerance(exact=True)
+TOKENS = Tolerance(exact=True, tokens=True)  # generated ids: exact here, token agreement in a lossy variant
+
+
+def decoded_tokens(ids_output: str) -> Tolerance:
+    """Text decoded from the token output `ids_output`: exact here; in a lossy variant identical
+    wherever that output's rows are."""
+    return Tolerance(exact=True, tokens=True, follows=ids_output)
 
 # The tolerance an output gets when the recipe does not name one: torch.testing's defaults for
 # the float dtypes (assert_close: float16 rtol 1e-3 atol 1e-5, bfloat16 1.6e-2 / 1e-5, float64

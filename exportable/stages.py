@@ -214,9 +214,9 @@ def verify(export: Export, name: str, fmt: str, tolerances=None) -> Stage:
 
 # --- accelerate ----------------------------------------------------------------------------------
 
-def check_variants(names, formats: list[str]) -> list[accelerate.Variant]:
+def check_variants(names, formats: list[str], recipe: Recipe | None = None) -> list[accelerate.Variant]:
     """The variants asked for, refused up front (before any capture) when they cannot be made."""
-    chosen = accelerate.export_variants(names)
+    chosen = accelerate.export_variants(names, recipe)
     if chosen and "onnx" not in formats:
         raise InputError(f"variants ({', '.join(v.name for v in chosen)}) are made from the ONNX artifact; "
                          "add onnx to --format")
@@ -240,7 +240,7 @@ def accelerate_variants(export: Export) -> list[Stage]:
         with stage(export, f"accelerate:{v.name}") as st:
             model, details = builder.build(v)
             graph.save_single_file(model, export.folder / v.file)
-            st.detail.update(accelerate.common.json_safe({t.name: details[t.name] for t in v.transforms}))
+            st.detail.update(accelerate.common.json_safe({t.name: details[t.name] for t in v.chain(export.recipe)}))
             export.runners[v.name] = loaded_variant(export.folder / v.file, export.threads, v.providers)
         stages.append(st)
         stages.append(verify(export, v.name, "onnx", v.tolerances(export.recipe.output_tolerances())))

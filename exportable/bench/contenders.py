@@ -119,7 +119,8 @@ def wanted_variants(recipe, variants, device) -> list[str]:
         text_in = isinstance(recipe, TextInputs) and recipe.text_mode
         wanted = ["original", "torchscript", "onnx"] + [
             v.name for v in accelerate.VARIANTS
-            if (v.providers[0] == "CPUExecutionProvider" or device == "cuda") and (v.base == "artifact" or text_in)]
+            if (v.providers[0] == "CPUExecutionProvider" or device == "cuda") and (v.base == "artifact" or text_in)
+            and v.made_for(recipe)]
     if "original" not in wanted:
         wanted.insert(0, "original")  # the reference every variant is proven and timed against
     scripted = "torchscript" in recipe.formats and not recipe.format_unavailable("torchscript")
