@@ -12,12 +12,15 @@ Tokens/s counts the new positions each call returns (batch x steps), the same fo
 
 from __future__ import annotations
 
+import importlib
 import json
 import statistics
 from collections.abc import Callable, Sequence
+from importlib import metadata
 from pathlib import Path
 
 import torch
+import transformers
 
 from .. import accelerate, api, parity, runtime, samples
 from ..recipe import Case
@@ -57,11 +60,33 @@ def bench_generation(recipe, out: Path, batches: Sequence[int] = (1, 8), seconds
         rows.append(row)
         progress(f"bench: batch {batch}: {row}")
     data = {"recipe": recipe.name, "options": recipe.describe()["options"], "prompts": "samples.sentences(seed=21)",
-            "original": recipe.original_pipeline, "rows": rows}
+            "original": recipe.original_pipeline, "rows": rows, "optimum": optimum_status()}
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / "bench-generation.json").write_text(json.dumps(data, indent=1) + "\n")
     data["json_path"] = str(Path(out) / "bench-generation.json")
     return data
+
+
+# optimum-onnx is where ORTModelForCausalLM lives since optimum 2; its newest release (0.1.0)
+# requires transformers>=4.36,<4.58, and optimum 1.x imports transformers.utils.is_tf_available,
+# which transformers 5 removed. Forced in with --no-deps beside transformers 5.23 its import fails:
+# "cannot import name 'get_parameter_dtype' from 'transformers.modeling_utils'".
+OPTIMUM_PIN = "optimum-onnx 0.1.0 (ORTModelForCausalLM) requires transformers<4.58"
+
+
+def optimum_status() -> dict:
+    """Whether Optimum's ORTModelForCausalLM can run beside this environment's pins, else why not."""
+    try:
+        importlib.import_module("optimum.onnxruntime").ORTModelForCausalLM  # noqa: B018
+    except Exception as exc:  # not installed, or installed and broken by transformers 5
+        try:
+            found = f"optimum-onnx {metadata.version('optimum-onnx')} installed but {type(exc).__name__}: {exc}"
+        except metadata.PackageNotFoundError:
+            found = "not installed"
+        return {"timed": False, "why": f"{OPTIMUM_PIN}; this environment has transformers {transformers.__version__} "
+                                       f"({found[:200]})"}
+    return {"timed": False, "why": "installed, but a timing harness for it is not written (it runs the loop in "
+                                   "Python around the same decoder step as --inputs past)"}
 
 
 def _paired(original: Callable, artifact: Callable, tokens: int, seconds: float) -> dict:
@@ -103,5 +128,7 @@ def format_generation_table(data: dict) -> str:
             same = "-" if v is None else f"{v['identical_rows']}/{v['rows']}"
             line += f"{'-' if v is None else format(v['tokens_per_s'], '.1f'):>10}{same:>11}"
         lines.append(line)
+    if "optimum" in data:
+        lines.append(f"Optimum ORTModelForCausalLM: not timed: {data['optimum']['why']}")
     return "\n".join(lines)
 
