@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gc
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -46,13 +47,19 @@ def neo_checkpoint(tmp_path_factory, gpt2_dir):
         model = GPTNeoForCausalLM(config).eval()
         model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    del model  # the export loads its own copy: two would not fit beside ONNX Runtime's
+    del model  # the export loads its own copy from the folder
     gc.collect()
-    return folder
+    yield folder
+    shutil.rmtree(folder)  # 2.3 GB: pytest keeps its last three temp folders
 
 
-def test_a_model_over_2gb_is_graph_plus_one_data_file(neo_checkpoint, tmp_path):
-    out = tmp_path / "artifact"
+@pytest.fixture
+def out(tmp_path):
+    yield tmp_path / "artifact"
+    shutil.rmtree(tmp_path)
+
+
+def test_a_model_over_2gb_is_graph_plus_one_data_file(neo_checkpoint, out):
     result = api.export_recipe("text_generator", out=out, model=str(neo_checkpoint), max_new_tokens=4)
     assert result.passed  # token-exact against generate on every validation case
     assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "model.onnx.data", "report.json", "report.md",
@@ -83,6 +90,6 @@ def test_a_model_over_2gb_is_graph_plus_one_data_file(neo_checkpoint, tmp_path):
         f.write(bytes([byte[0] ^ 0xFF]))
     with pytest.raises(integrity.IntegrityError, match="model.onnx.data does not match its recorded sha256"):
         api.load_artifact(out)
-    data.rename(tmp_path / "elsewhere.data")
+    data.rename(out.parent / "elsewhere.data")
     with pytest.raises(InputError, match="external data file model.onnx.data .* is missing"):
         api.load_artifact(out)
