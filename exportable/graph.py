@@ -14,11 +14,10 @@ import numpy as np
 import onnx
 from onnx import compose, helper, numpy_helper
 
+from . import external
 from .errors import ExportError
 from .recipe import TensorSpec
 from .runtime import BUILTIN_DOMAINS
-
-TWO_GB = 2**31
 
 
 def _value_names(graph: onnx.GraphProto) -> set[str]:
@@ -111,7 +110,7 @@ def merge_in_front(pre: onnx.ModelProto, model: onnx.ModelProto, prefix: str = "
     io_map = [(prefix + a, b) for a, b in io_map]
     pre.ir_version = model.ir_version = max(pre.ir_version, model.ir_version)
     _align_opsets(pre, model)
-    merged = compose.merge_models(pre, model, io_map=io_map)
+    merged = merge_models(pre, model, io_map)
     # merge_models keeps every input of the second graph that is not fed; those are leaks.
     leftover = [i.name for i in merged.graph.input if i.name in {b for _, b in io_map}]
     if leftover:
@@ -133,7 +132,25 @@ def merge_behind(model: onnx.ModelProto, post: onnx.ModelProto, prefix: str = "p
     post = compose.add_prefix(post, prefix, rename_inputs=True, rename_outputs=False)
     post.ir_version = model.ir_version = max(post.ir_version, model.ir_version)
     _align_opsets(model, post)
-    return compose.merge_models(model, post, io_map=io_map, outputs=outputs + [o.name for o in post.graph.output])
+    return merge_models(model, post, io_map, outputs + [o.name for o in post.graph.output])
+
+
+def merge_models(first: onnx.ModelProto, second: onnx.ModelProto, io_map, outputs=None) -> onnx.ModelProto:
+    """compose.merge_models (same IR version and opsets asked of both), less its closing
+    in-memory onnx.checker, run here only on a model that holds all its weights: on detached
+    weights it fails ("should be stored in exportable-detached/0, but it is not regular file"),
+    and on a proto of 2 GB or more protobuf cannot serialise it. The check stage runs the checker
+    on the written file either way."""
+    merged = helper.make_model(compose.merge_graphs(first.graph, second.graph, io_map, outputs=outputs),
+                               producer_name="onnx.compose.merge_models", producer_version="1.0", domain="",
+                               model_version=1, ir_version=first.ir_version,
+                               opset_imports=list({o.domain: o for o in (*first.opset_import,
+                                                                         *second.opset_import)}.values()))
+    helper.set_model_props(merged, {p.key: p.value for p in (*first.metadata_props, *second.metadata_props)})
+    merged.functions.extend([*first.functions, *second.functions])
+    if not any(external.is_placeholder(t) for t in external.initializers(merged.graph)):
+        onnx.checker.check_model(merged)
+    return merged
 
 
 def _align_opsets(*models: onnx.ModelProto) -> None:
@@ -170,13 +187,10 @@ def opset_of(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def save_single_file(model: onnx.ModelProto, path: Path) -> None:
-    """One file: external data only exists for models over 2 GB, where protobuf forces it."""
-    size = model.ByteSize()
-    if size >= TWO_GB:
-        raise ExportError(f"the model is {size / 2**30:.1f} GiB; single-file ONNX is limited to 2 GiB by protobuf "
-                          "(external data for such models is not supported yet)")
-    onnx.save_model(model, str(path), save_as_external_data=False)
+def save_model(model: onnx.ModelProto, path: Path, detached: external.Detached | None = None) -> list[str]:
+    """One file; a model of 2 GB or more (protobuf's limit) as `path` + `path`.data, its weights
+    (`detached` ones too) in that one data file (exportable/external.py). Returns the names written."""
+    return external.save(model, path, detached)
 
 
 def attribute(node: onnx.NodeProto, name: str, default=None):

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .errors import InputError
+from .external import data_file_name
 
 MANIFEST = Path("vectors") / "manifest.json"
 REPORT = Path("report.json")
@@ -71,10 +72,11 @@ def recorded(folder: Path) -> dict[str, dict[str, dict]]:
 
 def check_files(folder: str | Path, names: Iterable[str]) -> None:
     """Refuse (IntegrityError, one line) a model file whose size or sha256 is not what the export
-    recorded, in either record. Sizes first: a truncated file is named without hashing it."""
+    recorded, in either record. Sizes first: a truncated file is named without hashing it. A
+    model's external-data file (model.onnx.data) is checked with it when it was recorded."""
     folder = Path(folder)
     records = recorded(folder)
-    for name in names:
+    for name in [n for model in names for n in (model, data_file_name(model))]:
         path = folder / name
         wanted = [(where, files[name]) for where, files in records.items() if name in files]
         if not wanted or not path.is_file():

@@ -93,21 +93,16 @@ def tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
 
 
 def check_external_data(model: onnx.ModelProto, path: Path) -> None:
-    """External data must stay inside the model's folder (no `..`, absolute path or symlink out
-    of it: ONNX Runtime would read any file the process can) and be long enough for every tensor."""
-    folder = path.parent.resolve()
+    """External data must be a plain file beside the model: its location a bare file name (no
+    directory, `..` or absolute path: ONNX Runtime would read any file the process can), not a
+    symlink (which could lead anywhere), and long enough for every tensor."""
     for tensor in tensors(model.graph):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         info = {e.key: e.value for e in tensor.external_data}
         location = info.get("location", "")
-        target = (folder / location).resolve()
-        if not location or os.path.isabs(location) or ".." in Path(location).parts \
-                or not target.is_relative_to(folder):
-            via = f" (a symlink to {target})" if (path.parent / location).is_symlink() else ""
-            raise ModelFileError(f"{path.name}: tensor {tensor.name!r} points its external data at {location!r}{via}, "
-                                 f"outside the model's folder; refusing to read it (external data must be a file "
-                                 "beside the model)")
+        check_location(location, tensor.name, path)
+        target = path.parent / location
         if not target.is_file():
             raise ModelFileError(f"{path.name}: external data file {location} (tensor {tensor.name!r}) is missing; "
                                  f"copy it beside {path.name}")
@@ -115,6 +110,22 @@ def check_external_data(model: onnx.ModelProto, path: Path) -> None:
         if end > target.stat().st_size:
             raise ModelFileError(f"{path.name}: external data file {location} is {target.stat().st_size} bytes, but "
                                  f"tensor {tensor.name!r} needs bytes up to {end}: it is cut short; {REEXPORT}")
+
+
+def check_location(location: str, tensor: str, path: Path) -> None:
+    """A one-line ModelFileError unless `location` names a plain (non-symlink) file beside `path`."""
+    plain = bool(location) and location not in (".", "..") and "/" not in location and "\\" not in location \
+        and not os.path.isabs(location)
+    refuse = f"refusing to read it (external data must be a plain file beside {path.name})"
+    if not plain:
+        raise ModelFileError(f"{path.name}: tensor {tensor!r} points its external data at {location!r}, outside the "
+                             f"model's folder or not a file name; {refuse}")
+    link = path.parent / location
+    if link.is_symlink():
+        target = link.resolve()
+        where = "inside" if target.is_relative_to(path.parent.resolve()) else "outside"
+        raise ModelFileError(f"{path.name}: external data file {location!r} (tensor {tensor!r}) is a symlink to "
+                             f"{target}, {where} the model's folder; {refuse}")
 
 
 def used_domains(graph: onnx.GraphProto) -> set[str]:

@@ -20,7 +20,7 @@ import onnx
 import onnxruntime as ort
 from transformers.utils import logging as hf_logging
 
-from . import accelerate, contract, graph, integrity, outfolder, parity, runtime, vectors
+from . import accelerate, contract, external, graph, integrity, outfolder, parity, runtime, vectors
 from ._version import __version__
 from .errors import CheckError, ExportableError, ExportError, InputError
 from .hashing import sha256_state_dict
@@ -62,6 +62,7 @@ class Export:
     cases: list = field(default_factory=list)
     expected: dict = field(default_factory=dict)
     variants: list = field(default_factory=list)  # accelerate.Variant written beside the artifact
+    detached: external.Detached | None = None  # a big model's weights, held out of the proto until saved
 
     def __post_init__(self):
         if self.report is None:
@@ -112,6 +113,7 @@ def capture(export: Export, fmt: str):
         exporter = importlib.import_module(f"exportable.exporters.{recipe.exporter(fmt)}")
         result = exporter.export(module, example, inputs, recipe.model_output_specs(fmt), path, opset=export.opset)
         st.detail.update(strategy=result.strategy, warnings=result.warnings, tried=result.tried)
+        export.detached = result.detached
         for failed, why in result.tried.items():
             export.progress(f"capture:{fmt} {failed} exporter failed ({why[:160]}); used {result.strategy}")
     return result.model
@@ -128,9 +130,12 @@ def assemble(export: Export, model) -> Stage:
     path = export.folder / MODEL_FILES["onnx"]
     with stage(export, "assemble:onnx") as st:
         model = assembled(export.recipe, model, export.opset, export.source)
-        graph.save_single_file(model, path)
+        written = graph.save_model(model, path, export.detached)
+        export.detached = None  # the data file holds them now
         st.detail.update(nodes=len(model.graph.node), bytes=path.stat().st_size,
                          custom_op_domains=graph.custom_domains(model))
+        if len(written) > 1:
+            st.detail["external_data"] = {"file": written[1], "bytes": (export.folder / written[1]).stat().st_size}
     return st
 
 
@@ -162,9 +167,14 @@ def assembled(recipe: Recipe, model, opset: int, source: Source):
 
 
 def check(export: Export, fmt: str) -> Stage:
-    """onnx.checker (full) and a real load; for TorchScript, a real load."""
+    """onnx.checker (full) and a real load; for TorchScript, a real load. A model with external
+    data (over 2 GB) also has its load cost measured in a fresh process (runtime.load_cost)."""
+    path = export.folder / MODEL_FILES[fmt]
     with stage(export, f"check:{fmt}") as st:
-        export.runners[fmt] = checked(export.folder / MODEL_FILES[fmt])
+        export.runners[fmt] = checked(path)
+        if (path.parent / external.data_file_name(path.name)).is_file():
+            cost = st.detail["load"] = runtime.load_cost(path, export.runners[fmt].custom_op_domains)
+            export.progress(f"check:{fmt} load in a fresh ONNX Runtime process: {cost}")
     return st
 
 
@@ -239,7 +249,7 @@ def accelerate_variants(export: Export) -> list[Stage]:
     for v in export.variants:
         with stage(export, f"accelerate:{v.name}") as st:
             model, details = builder.build(v)
-            graph.save_single_file(model, export.folder / v.file)
+            graph.save_model(model, export.folder / v.file)
             st.detail.update(accelerate.common.json_safe({t.name: details[t.name] for t in v.chain(export.recipe)}))
             export.runners[v.name] = loaded_variant(export.folder / v.file, export.threads, v.providers)
         stages.append(st)
@@ -271,8 +281,11 @@ def write(export: Export) -> Stage:
 
 
 def model_files(export: Export) -> list[str]:
-    """Every model file this export wrote (formats and variants), each hashed into the records."""
-    return [MODEL_FILES[fmt] for fmt in export.formats] + [v.file for v in export.variants]
+    """Every model file this export wrote (formats and variants, and the external-data file of
+    any over 2 GB), each hashed into the records."""
+    names = [MODEL_FILES[fmt] for fmt in export.formats] + [v.file for v in export.variants]
+    data = [external.data_file_name(n) for n in names if (export.folder / external.data_file_name(n)).is_file()]
+    return names + data
 
 
 def write_vectors(export: Export, files: dict) -> None:

@@ -127,6 +127,29 @@ def test_consumers_refuse_a_model_file_changed_after_export(java_jar, go_binary,
         assert "model.onnx does not match its recorded sha256" in result.stderr, result.stderr
 
 
+def test_consumers_load_external_data_and_refuse_it_changed(java_jar, go_binary, tmp_path, monkeypatch):
+    """A model over the (here lowered) 2 GB limit is model.onnx + model.onnx.data: both consumers
+    load it by path (ONNX Runtime finds the data beside it) and check the data file's sha256 too."""
+    from exportable import external
+
+    monkeypatch.setattr(external, "LIMIT", 1024)
+    folder = tmp_path / "external"
+    api.export_recipe(str(HERE.parents[1] / "examples" / "sensor_alarm.py"), out=folder)
+    data = folder / "model.onnx.data"
+    assert data.is_file()
+    consumers = (["java", "-jar", str(java_jar), str(folder)],
+                 [str(go_binary), "-ort", str(NATIVE / "libonnxruntime.so"), "-ortx", str(NATIVE / "libortextensions.so"),
+                  str(folder)])
+    for result in map(_run, consumers):
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    changed = bytearray(data.read_bytes())
+    changed[0] ^= 0x01
+    data.write_bytes(bytes(changed))
+    for result in map(_run, consumers):
+        assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+        assert "model.onnx.data does not match its recorded sha256" in result.stderr, result.stderr
+
+
 @pytest.mark.slow
 def test_go_soak_from_8_goroutines_answers_right_with_flat_memory(go_binary, tmp_path):
     """issue 27: one session shared by 8 goroutines for 10,000 calls, every answer checked."""

@@ -42,7 +42,7 @@ def onnx_crf(scripted, tmp_path_factory):
     outputs = (TensorSpec("tags", "int64", ("batch", "sequence")), TensorSpec("score", "float32", ("batch",)))
     path = tmp_path_factory.mktemp("crf") / "crf.onnx"
     capture = onnx_exporter.export(scripted, {"emissions": emissions, "mask": mask}, inputs, outputs, path)
-    graph.save_single_file(capture.model, path)
+    graph.save_model(capture.model, path)
     return capture, OnnxRunner(path)
 
 

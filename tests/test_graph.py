@@ -39,7 +39,7 @@ def test_saved_model_is_one_file(tmp_path):
     model = _model_with_internal_value_named_embedding()
     big = helper.make_tensor("w", TensorProto.FLOAT, [1024 * 1024], np.zeros(1024 * 1024, np.float32))
     model.graph.initializer.append(big)  # 4 MB: onnx would externalise it if asked to
-    graph.save_single_file(model, tmp_path / "m.onnx")
+    graph.save_model(model, tmp_path / "m.onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
 

@@ -47,7 +47,7 @@ def build_models(recipe: Recipe, folder: Path, wanted: Sequence[str], opset: int
         except ExportError as exc:  # e.g. a conv net: no GEMMs to quantize; the others still run
             built[name] = {"error": str(exc)}
             continue
-        graph.save_single_file(model, folder / variant.file)
+        graph.save_model(model, folder / variant.file)
         built[name] = json_safe(details)
     return built
 

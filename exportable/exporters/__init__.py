@@ -18,6 +18,7 @@ class Capture:
     model: Any = None
     warnings: list[str] = field(default_factory=list)
     tried: dict[str, str] = field(default_factory=dict)  # strategy -> why it failed
+    detached: Any = None  # external.Detached: the weights of a big ONNX model, held out of `model`
 
 
 def distinct_messages(caught) -> list[str]:

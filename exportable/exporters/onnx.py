@@ -8,6 +8,9 @@ Strategy, chosen deliberately (measured on all-MiniLM-L6-v2, torch 2.14.1):
   `model.onnx.data` by default (we keep the proto in memory and save one file ourselves), and
   naming an output `embedding` collided with an internal value ("Duplicate definition of name"),
   so output names are applied afterwards by graph.rename_outputs, which moves clashes aside.
+  A model whose weights reach half of external.LIMIT (2 GiB) has them detached before the proto
+  is made (`detach_weights`): the proto stays small for every later step, and those over 2 GB
+  are saved as model.onnx + model.onnx.data (exportable/external.py).
 - `legacy` (TorchScript based) for modules that are already `torch.jit.ScriptModule`s: scripted
   loops (Viterbi) are what it exports as a real ONNX `Loop`, which torch.export cannot capture.
   It is also the fallback when dynamo fails; the report says which one ran and why.
@@ -26,7 +29,7 @@ import numpy as np
 import onnx
 import torch
 
-from .. import graph
+from .. import external, graph
 from ..errors import ExportError
 from ..recipe import TensorSpec
 from . import Capture, distinct_messages
@@ -54,7 +57,7 @@ def _dynamic_shapes(module, inputs: Sequence[TensorSpec]) -> tuple:
     return (*dims[:fixed], tuple(dims[fixed:]))
 
 
-def _dynamo(module, args, inputs, outputs, opset):
+def _dynamo(module, args, inputs, outputs, opset, detached):
     dynamic = _dynamic_shapes(module, inputs)
     # The dynamo exporter prints progress lines on stdout; they are not ours to show.
     with contextlib.redirect_stdout(io.StringIO()):
@@ -64,10 +67,30 @@ def _dynamo(module, args, inputs, outputs, opset):
             # A module with custom ops names their ONNX translations (blocks.detection: NMS).
             custom_translation_table=getattr(module, "onnx_translations", None),
         )
+    detach_weights(program.model, detached)
     return program.model_proto
 
 
-def _legacy(module, args, inputs, outputs, opset):
+def detach_weights(model, detached: external.Detached) -> None:
+    """Hold the weights of a big onnx_ir model out of its proto (views of the torch tensors, no
+    copy): model_proto would otherwise copy every weight into one message that protobuf cannot
+    serialise at 2 GiB, and inlining, merging and checking all serialise it. Models whose weights
+    are under half of external.LIMIT are left as they are."""
+    import onnx_ir as ir  # noqa: PLC0415  # torch.onnx's IR, imported with it
+
+    values = [v for v in model.graph.initializers.values() if v.const_value is not None]
+    if sum(v.const_value.nbytes for v in values) < external.LIMIT // 2:
+        return
+    for value in values:
+        tensor = value.const_value
+        if tensor.nbytes < external.MIN_BYTES or tensor.dtype == ir.DataType.STRING:
+            continue
+        key = detached.add(tensor.numpy())
+        value.const_value = ir.ExternalTensor(key, offset=0, length=tensor.nbytes, dtype=tensor.dtype,
+                                              shape=tensor.shape, name=value.name)
+
+
+def _legacy(module, args, inputs, outputs, opset, detached):
     buffer = io.BytesIO()
     axes = {s.name: {i: d for i, d in enumerate(s.shape) if isinstance(d, str)} for s in (*inputs, *outputs)}
     torch.onnx.export(
@@ -100,17 +123,19 @@ def export(module, example, inputs: Sequence[TensorSpec], outputs: Sequence[Tens
     Saving is done by the caller after assembly (merging a preprocessor, metadata)."""
     args = _tensors(example, inputs)
     tried: dict[str, str] = {}
+    detached = external.Detached()
     for name in strategies_for(module):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                model = STRATEGIES[name](module, args, inputs, outputs, opset)
+                model = STRATEGIES[name](module, args, inputs, outputs, opset, detached)
             except Exception as exc:  # a strategy failing is a result, the next one is tried
                 tried[name] = _reason(exc)
+                detached.clear()
                 continue
         graph.rename_inputs(model, [s.name for s in inputs])
         graph.rename_outputs(model, [s.name for s in outputs])
         graph.apply_specs(model, inputs, outputs)
-        return Capture(path, name, model, distinct_messages(caught), tried)
+        return Capture(path, name, model, distinct_messages(caught), tried, detached or None)
     raise ExportError("ONNX capture failed with every strategy: "
                       + "; ".join(f"{k}: {v}" for k, v in tried.items()))

@@ -1,7 +1,7 @@
 """`python -m exportable triton ARTIFACT --out REPO`: a Triton Inference Server model repository.
 
     REPO/NAME/config.pbtxt     ONNX Runtime backend, TYPE_STRING for text inputs, dynamic batching
-    REPO/NAME/1/model.onnx     the artifact's graph, unchanged
+    REPO/NAME/1/model.onnx     the artifact's graph, unchanged (and model.onnx.data, if it has one)
 
 A graph with onnxruntime-extensions ops (tokenizers, image codecs) names the extensions library
 in `model_operations { op_library_filename }`. Triton needs the *standalone* native library:
@@ -22,6 +22,7 @@ import onnx
 
 from .. import graph
 from ..errors import InputError
+from ..external import data_file_name
 from ..runtime import EXTENSIONS_DOMAINS
 from .rows import BATCH_DIM
 
@@ -86,5 +87,8 @@ def write_triton_repository(artifact: str | Path, out: str | Path, name: str | N
     config = triton_config(model, name, instances)
     (folder / "1").mkdir(parents=True)
     shutil.copyfile(source, folder / "1" / "model.onnx")
+    data = artifact / data_file_name(source.name)
+    if data.is_file():  # a model over 2 GB: ONNX Runtime reads its weights from beside it
+        shutil.copyfile(data, folder / "1" / data.name)
     (folder / "config.pbtxt").write_text(config)
     return folder

@@ -18,7 +18,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import CheckError, ExportError
-from ..graph import TWO_GB, custom_domains, guard_empty_batch, set_metadata
+from ..external import LIMIT
+from ..graph import custom_domains, guard_empty_batch, set_metadata
 from .deps import check_extensions_in_process, import_tf2onnx, ort_session, versions
 from .handlers import (
     RAGGED_OPS,
@@ -218,8 +219,9 @@ def _guard_empty_segment_counts(model: onnx.ModelProto) -> None:
 
 def _check(model: onnx.ModelProto) -> None:
     size = model.ByteSize()
-    if size >= TWO_GB:
-        raise ExportError(f"the converted model is {size / 2**30:.1f} GiB; a single ONNX file is limited to 2 GiB")
+    if size >= LIMIT:  # checked and loaded in memory below; TF models this big are not supported
+        raise ExportError(f"the converted model is {size / 2**30:.1f} GiB; a TensorFlow conversion is limited to "
+                          "2 GiB (protobuf's limit on one message)")
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:

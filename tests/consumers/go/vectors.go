@@ -31,23 +31,34 @@ type Manifest struct {
 
 // CheckRecordedHash refuses (exit 2) a model file that differs from the sha256 the export
 // recorded, before ONNX Runtime reads it; an artifact made before hashes were recorded has none.
+// A model over 2 GB keeps its weights in model.onnx.data beside it (ONNX Runtime finds it by
+// itself): when the manifest records that file, it is checked too.
 func CheckRecordedHash(m *Manifest, model string) error {
-	want, ok := m.Files[filepath.Base(model)]
+	for _, file := range []string{model, model + ".data"} {
+		if err := checkRecordedFile(m, file); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func checkRecordedFile(m *Manifest, path string) error {
+	want, ok := m.Files[filepath.Base(path)]
 	if !ok {
 		return nil
 	}
-	f, err := os.Open(model)
+	f, err := os.Open(path)
 	if err != nil {
-		return badf("cannot read %s: %v", model, err)
+		return badf("cannot read %s: %v", path, err)
 	}
 	defer f.Close()
 	h := sha256.New()
 	if _, err := io.Copy(h, f); err != nil {
-		return badf("cannot read %s: %v", model, err)
+		return badf("cannot read %s: %v", path, err)
 	}
 	if got := hex.EncodeToString(h.Sum(nil)); got != want.SHA256 {
 		return badf("%s does not match its recorded sha256 (manifest %.16s..., file %.16s...); re-export the artifact",
-			filepath.Base(model), want.SHA256, got)
+			filepath.Base(path), want.SHA256, got)
 	}
 	return nil
 }

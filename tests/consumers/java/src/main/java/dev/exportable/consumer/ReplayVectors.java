@@ -133,20 +133,27 @@ public final class ReplayVectors {
     }
 
     /** The model file must be the one exported: its sha256 as recorded in the manifest's "files"
-     *  (docs/vectors.md); a changed file is bad input (exit 2), refused before ONNX Runtime reads it. */
+     *  (docs/vectors.md); a changed file is bad input (exit 2), refused before ONNX Runtime reads it.
+     *  A model over 2 GB keeps its weights in model.onnx.data beside it (ONNX Runtime finds it by
+     *  itself): when the manifest records that file, it is checked too. */
     static void checkRecordedHash(JsonObject manifest, Path model) throws BadInput {
+        checkRecordedFile(manifest, model);
+        checkRecordedFile(manifest, model.resolveSibling(model.getFileName() + ".data"));
+    }
+
+    static void checkRecordedFile(JsonObject manifest, Path file) throws BadInput {
         JsonObject files = manifest.has("files") ? manifest.getAsJsonObject("files") : null;
-        String name = model.getFileName().toString();
+        String name = file.getFileName().toString();
         if (files == null || !files.has(name)) return; // exported before hashes were recorded
         String want = files.getAsJsonObject(name).get("sha256").getAsString();
         String got;
-        try (var in = Files.newInputStream(model)) {
+        try (var in = Files.newInputStream(file)) {
             var digest = java.security.MessageDigest.getInstance("SHA-256");
             byte[] block = new byte[1 << 20];
             for (int n; (n = in.read(block)) > 0; ) digest.update(block, 0, n);
             got = java.util.HexFormat.of().formatHex(digest.digest());
         } catch (IOException | java.security.NoSuchAlgorithmException e) {
-            throw new BadInput("cannot read " + model + ": " + e.getMessage());
+            throw new BadInput("cannot read " + file + ": " + e.getMessage());
         }
         if (!got.equals(want)) throw new BadInput(name + " does not match its recorded sha256 (manifest "
                 + want.substring(0, 16) + "..., file " + got.substring(0, 16) + "...); re-export the artifact");
