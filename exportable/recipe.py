@@ -328,6 +328,10 @@ class Recipe:
         Such cases are listed as N/A in the report and as known failures in the vectors."""
         return None
 
+    def variants_unavailable(self) -> str | None:
+        """Why these settings rule out every accelerate variant (--variants), or None."""
+        return None
+
     def format_unavailable(self, fmt: str) -> str | None:
         """Why these settings rule out `fmt`, one of `formats` (e.g. bytes in only in ONNX), or None."""
         return None

@@ -192,6 +192,9 @@ def export_variants(names: Sequence[str], recipe=None) -> list[Variant]:
     """The export's variants, in table order, each named once; one made from another's ids-in
     capture (bench only), or one not made for `recipe`'s kind of artifact, is refused."""
     chosen = [variant(n) for n in names]
+    why_not = recipe.variants_unavailable() if chosen and recipe is not None else None
+    if why_not:
+        raise InputError(f"--variants {','.join(names)}: {why_not}")
     for v in chosen:
         if v.base != "artifact":
             raise InputError(f"variant {v.name} is bench-only; export one of: {', '.join(EXPORT_VARIANTS)}")

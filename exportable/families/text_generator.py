@@ -148,6 +148,12 @@ class CausalLMFamily(TextFamily):
             steps.append(with_past.step_case(self.lm, case.name, input_ids, mask, split, self.cache_shape()))
         return steps
 
+    def variants_unavailable(self) -> str | None:
+        if self.past_mode:  # the variants' transforms quantize the decoding Loop's body, which this file lacks
+            return ("the quantized variants are made from the generation artifact; export them with --inputs text "
+                    "or ids")
+        return None
+
     def feed(self, case: Case, fmt: str = "onnx") -> dict[str, np.ndarray]:
         if self.past_mode:
             return checked_feed(self.name, case, self.input_specs(fmt))
