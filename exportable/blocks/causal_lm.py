@@ -17,6 +17,11 @@ from transformers import DynamicCache
 
 
 class CausalLMStep(nn.Module):
+    # Captured without torch.onnx's backed_size_oblivious (exporters.onnx._exported_program says
+    # why): GPT-Neo's capture time grew steeply with depth under it. The capture sample
+    # (families.text_generator: batch 2, past 3, 4 new tokens) keeps every dynamic dim off 0 and 1.
+    size_oblivious_export = False
+
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
@@ -44,6 +49,8 @@ class CausalLMWithPast(nn.Module):
 
     The cache arrives as varargs (exporters.onnx nests their dynamic dims as one tuple, which is
     how torch.export matches a *args parameter)."""
+
+    size_oblivious_export = False  # as CausalLMStep
 
     def __init__(self, model: nn.Module):
         super().__init__()

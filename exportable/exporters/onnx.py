@@ -57,8 +57,24 @@ def _dynamic_shapes(module, inputs: Sequence[TensorSpec]) -> tuple:
     return (*dims[:fixed], tuple(dims[fixed:]))
 
 
+def _exported_program(module, args, dynamic):
+    """torch.export of `module` with backed sizes reasoned about normally, for a module that sets
+    `size_oblivious_export = False`. torch.onnx.export traces under
+    torch.fx.experimental._config.backed_size_oblivious=True (so that a sample dim of 0 or 1 is not
+    specialized): a slice by symbolic bounds then keeps its Min/Max size instead of guarding, and a
+    model whose layers slice with the previous layer's sizes nests that expression once per layer.
+    GPT-Neo's attention slices its causal `bias` buffer by [key_len - query_len : key_len] and the
+    result's size becomes the hidden states' length: capture took 30 s at 2 layers, 75 s at 4,
+    250 s at 6 and did not end at 10 (sympy simplifying the nested Min/Max). Without the flag the
+    slice guards `past + new <= n_positions` and sizes stay `new`: 12 layers in 4 s. Such a
+    module's capture sample must keep its dynamic dims off 0 and 1."""
+    return torch.export.export(module, args, dynamic_shapes=dynamic, strict=False)
+
+
 def _dynamo(module, args, inputs, outputs, opset, detached):
     dynamic = _dynamic_shapes(module, inputs)
+    if not getattr(module, "size_oblivious_export", True):
+        module = _exported_program(module, args, dynamic)
     # The dynamo exporter prints progress lines on stdout; they are not ours to show.
     with contextlib.redirect_stdout(io.StringIO()):
         program = torch.onnx.export(
