@@ -53,12 +53,13 @@ def _is_plain_transpose(node: onnx.NodeProto) -> bool:
 
 def loop_weight_sites(model: onnx.ModelProto) -> list[tuple[onnx.GraphProto, Site]]:
     """(body, site) for every MatMul in a Loop body whose B is a 2-D outer initializer, directly
-    or through a [1, 0] Transpose of one."""
+    or through a [1, 0] Transpose of one (in the body, or hoisted before the Loop by
+    exportable.decoding so that ONNX Runtime folds it)."""
     outer = {i.name: i for i in model.graph.initializer if len(i.dims) == 2}
     found = []
     for body in loop_bodies(model.graph):
         local = {i.name for i in body.initializer} | {i.name for i in body.input}
-        made_by = {o: n for n in body.node for o in n.output}
+        made_by = {o: n for n in (*model.graph.node, *body.node) for o in n.output}
         for node in body.node:
             if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx"):
                 continue
@@ -178,11 +179,12 @@ def quantize_loop_int4(model: onnx.ModelProto, block_size: int = INT4_BLOCK, sym
 def _drop_dead_transposes(model: onnx.ModelProto) -> None:
     """The Transposes of tied weights that no node reads any more (their MatMul reads its own
     quantized copy)."""
-    for body in loop_bodies(model.graph):
-        read = {i for n in body.node for i in n.input} | {o.name for o in body.output}
-        dead = [n for n in body.node if _is_plain_transpose(n) and n.output[0] not in read]
+    graphs = [model.graph, *loop_bodies(model.graph)]
+    read = {i for g in graphs for n in g.node for i in n.input} | {o.name for g in graphs for o in g.output}
+    for graph in graphs:
+        dead = [n for n in graph.node if _is_plain_transpose(n) and n.output[0] not in read]
         for node in dead:
-            body.node.remove(node)
+            graph.node.remove(node)
 
 
 def _dedupe_opsets(model: onnx.ModelProto) -> None:
