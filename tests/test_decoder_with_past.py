@@ -58,9 +58,11 @@ def test_decoder_with_past_drives_a_loop_equal_to_generate(tmp_path, gpt2_dir):
     np.testing.assert_array_equal(got, generate(folder, PROMPTS, 8)[0])
 
 
-def test_variants_of_the_step_alone_are_refused_up_front(tmp_path):
+def test_what_the_step_alone_cannot_honour_is_refused_up_front(tmp_path):
     from conftest import run_cli
 
-    done = run_cli("recipe", "text_generator", "--inputs", "past", "--variants", "onnx-int8", "--out", tmp_path / "x")
-    assert done.returncode == 2 and "export them with --inputs text or ids" in done.stderr, done.stderr
-    assert done.stderr.strip().count("\n") == 0 and not (tmp_path / "x").exists()
+    for args, message in ((["--variants", "onnx-int8"], "export them with --inputs text or ids"),
+                          (["--num-beams", "3"], "--num-beams set the decoding loop, which --inputs past leaves")):
+        done = run_cli("recipe", "text_generator", "--inputs", "past", *args, "--out", tmp_path / "x")
+        assert done.returncode == 2 and message in done.stderr, done.stderr
+        assert done.stderr.strip().count("\n") == 0 and not (tmp_path / "x").exists()

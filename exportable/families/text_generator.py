@@ -30,6 +30,7 @@ from . import decoder_with_past as with_past
 from .text import TextFamily, model_option
 
 DECODERS = ("gpt2", "gpt_neo")
+DECODING_OPTIONS = ("num_beams", "min_new_tokens", "repetition_penalty", "no_repeat_ngram_size")
 INPUTS = Option("inputs", "text: prompt strings in, text out; ids: prompt ids in, generated ids out; past: the "
                 "decoder alone, one step with past_key_values.* in and present.* out (Optimum's shape)",
                 default="text", choices=("text", "ids", "past"))
@@ -60,7 +61,19 @@ class CausalLMFamily(TextFamily):
             raise InputError(f"recipe {self.name!r}: --min-new-tokens exceeds --max-new-tokens")
         if self.settings["repetition_penalty"] <= 0:
             raise InputError(f"recipe {self.name!r}: --repetition-penalty must be > 0")
+        self.refuse_decoding_options_without_a_loop()
         super().validate_settings()
+
+    def refuse_decoding_options_without_a_loop(self) -> None:
+        """--inputs past has no decoding loop: a decoding option given with it would be silently ignored."""
+        if self.settings.get("inputs") != "past":
+            return
+        defaults = {o.name: o.default for o in self.options}
+        given = [n for n in DECODING_OPTIONS if self.settings[n] != defaults[n]]
+        if given:
+            flags = ", ".join(f"--{n.replace('_', '-')}" for n in given)
+            raise InputError(f"recipe {self.name!r}: {flags} set the decoding loop, which --inputs past leaves to "
+                             "the caller; drop them, or export with --inputs text or ids")
 
     def check_encoder(self, model_type: str) -> None:
         if model_type not in DECODERS:
